@@ -1,0 +1,2 @@
+//! orch — a process supervisor for one production Linux VM.
+pub mod config;
