@@ -1,0 +1,173 @@
+//! Executes one authorized [`Command`] against the manager. Shared by every front end.
+//!
+//! Plain commands return one result; streaming ones (`logs -f`, `events -f`) send partial
+//! results on a channel until the client goes away (the caller drops the future).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+
+use super::auth::Rights;
+use super::proto::{ApiError, Command, ErrorCode};
+use crate::event::{EventBus, EventLog};
+use crate::manager::{ManagerHandle, Op, is_down, is_settled};
+use crate::supervisor::{ServiceStatus, State};
+
+/// How long `start`/`restart` wait for services to become ready before reporting.
+pub const START_WAIT: Duration = Duration::from_secs(30);
+
+/// What a handler needs from the daemon.
+#[derive(Clone)]
+pub struct Context {
+    pub manager: ManagerHandle,
+    pub bus: EventBus,
+    pub events: EventLog,
+}
+
+/// Does this command stream partial results?
+pub fn is_streaming(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Logs { follow: true, .. } | Command::Events { follow: true, .. }
+    )
+}
+
+/// Run `cmd`; partial results of streaming commands go to `partial`.
+pub async fn execute(
+    ctx: &Context,
+    rights: &Rights,
+    cmd: Command,
+    partial: mpsc::Sender<Value>,
+) -> Result<Value, ApiError> {
+    match cmd {
+        Command::Status { mut services } => {
+            if services.is_empty() {
+                if let Some(visible) = rights.visible_services() {
+                    services = visible;
+                }
+            }
+            let list = ctx.manager.status(services).await?;
+            Ok(json!({ "services": list }))
+        }
+        Command::Start { services } => control(ctx, Op::Start, services).await,
+        Command::Stop { services } => control(ctx, Op::Stop, services).await,
+        Command::Restart { services } => control(ctx, Op::Restart, services).await,
+        Command::Reset { services } => control(ctx, Op::Reset, services).await,
+        Command::Logs { service, n, follow } => logs(ctx, service, n, follow, partial).await,
+        Command::Events { follow, n } => events(ctx, follow, n, partial).await,
+        Command::Reload { dry_run } => {
+            let report = ctx.manager.reload(dry_run).await?;
+            Ok(serde_json::to_value(report).unwrap_or(Value::Null))
+        }
+        other => Err(ApiError::new(
+            ErrorCode::NotSupported,
+            format!(
+                "\"{}\" is not supported by this orchd ({})",
+                other.name(),
+                env!("CARGO_PKG_VERSION")
+            ),
+        )),
+    }
+}
+
+async fn control(ctx: &Context, op: Op, services: Vec<String>) -> Result<Value, ApiError> {
+    let targets = ctx.manager.control(op, services).await?;
+    let mut out = Vec::new();
+    for (rx, ack) in targets {
+        let _ = ack.await;
+        out.push(settle(op, rx).await);
+    }
+    let failed: Vec<String> = out
+        .iter()
+        .filter(|s| !succeeded(op, s))
+        .map(|s| match &s.reason {
+            Some(r) => format!("{} is {}: {r}", s.name, s.state),
+            None => format!("{} is {}", s.name, s.state),
+        })
+        .collect();
+    if !failed.is_empty() {
+        let mut e = ApiError::new(ErrorCode::Failed, failed.join("\n"));
+        e.detail = Some(json!({ "services": out }));
+        return Err(e);
+    }
+    Ok(json!({ "services": out }))
+}
+
+/// Wait (bounded) until the service has reached where `op` leads.
+async fn settle(op: Op, mut rx: tokio::sync::watch::Receiver<ServiceStatus>) -> ServiceStatus {
+    let deadline = Instant::now() + START_WAIT;
+    let done = |s: &ServiceStatus| match op {
+        Op::Stop => is_down(s.state),
+        Op::Start | Op::Restart => is_settled(s) || s.state == State::Failed,
+        Op::Reset => s.state != State::Starting || is_settled(s),
+    };
+    let _ = tokio::time::timeout_at(deadline, rx.wait_for(done)).await;
+    let s = rx.borrow().clone();
+    s
+}
+
+fn succeeded(op: Op, s: &ServiceStatus) -> bool {
+    match op {
+        Op::Stop => is_down(s.state),
+        Op::Start | Op::Restart => s.ready || s.state == State::Exited,
+        Op::Reset => !matches!(s.state, State::Failed | State::BadSetting),
+    }
+}
+
+async fn logs(
+    ctx: &Context,
+    service: String,
+    n: usize,
+    follow: bool,
+    partial: mpsc::Sender<Value>,
+) -> Result<Value, ApiError> {
+    let hub = ctx.manager.logs(service).await?;
+    let mut live = follow.then(|| hub.follow());
+    let lines = hub.tail(n).await;
+    let Some(live) = live.as_mut() else {
+        return Ok(json!({ "lines": lines }));
+    };
+    for line in lines {
+        if partial.send(json!({ "line": line })).await.is_err() {
+            return Ok(Value::Null);
+        }
+    }
+    loop {
+        let item = match live.recv().await {
+            Ok(line) => json!({ "line": line }),
+            Err(broadcast::error::RecvError::Lagged(n)) => json!({ "skipped": n }),
+            Err(broadcast::error::RecvError::Closed) => {
+                return Ok(json!({ "end": "service removed" }));
+            }
+        };
+        if partial.send(item).await.is_err() {
+            return Ok(Value::Null);
+        }
+    }
+}
+
+async fn events(
+    ctx: &Context,
+    follow: bool,
+    n: usize,
+    partial: mpsc::Sender<Value>,
+) -> Result<Value, ApiError> {
+    if !follow {
+        return Ok(json!({ "events": ctx.events.tail(n).await }));
+    }
+    let mut live = ctx.bus.subscribe();
+    loop {
+        let item = match live.recv().await {
+            Ok(ev) => json!({ "event": ev }),
+            Err(broadcast::error::RecvError::Lagged(n)) => json!({ "skipped": n }),
+            Err(broadcast::error::RecvError::Closed) => {
+                return Ok(json!({ "end": "orchd is stopping" }));
+            }
+        };
+        if partial.send(item).await.is_err() {
+            return Ok(Value::Null);
+        }
+    }
+}

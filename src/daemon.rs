@@ -1,0 +1,213 @@
+//! orchd's life: start-up, signals, readiness and watchdog notification, shutdown.
+//!
+//! Start: become a child subreaper, take the socket (refusing if another orchd has it), kill
+//! whatever a previous orchd with this state dir left behind, start the manager (which starts
+//! the services), notify `READY=1`. SIGHUP reloads. SIGTERM/SIGINT stop services in reverse
+//! dependency order and exit; a second one skips the graceful wait.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::handler::Context;
+use crate::api::socket;
+use crate::config::Config;
+use crate::event::{EventBus, EventLog};
+use crate::manager::{Manager, ManagerHandle, is_down};
+use crate::supervisor::cgroup::{self, CgroupRoot};
+use crate::supervisor::logs::Journal;
+use crate::supervisor::process::Spawner;
+use crate::supervisor::{Shared, State};
+
+/// How long start-up waits for services to settle before `READY=1` anyway.
+const READY_WAIT: Duration = Duration::from_secs(60);
+/// After the graceful stop, how long tasks get to finish.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// Errors that stop orchd from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Socket(#[from] socket::SocketError),
+    #[error("cannot create state_dir {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the spawner/reaper threads: {0}")]
+    Threads(std::io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// A short stable id for this orchd's state dir, used to mark and find its processes.
+pub fn daemon_id(state_dir: &std::path::Path) -> String {
+    let canonical = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_owned());
+    // FNV-1a: stable across builds and versions, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in canonical.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{:012x}", h & 0xffff_ffff_ffff)
+}
+
+/// Run orchd until it is told to stop.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) takes plain integers and affects only this process.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot become a child subreaper; orphans of services will go to init");
+    }
+    let state_dir = config.daemon.state_dir.clone();
+    std::fs::create_dir_all(&state_dir).map_err(|source| DaemonError::StateDir {
+        path: state_dir.clone(),
+        source,
+    })?;
+    let socket_path = config.daemon.api.socket.clone();
+    let listener = socket::bind(&socket_path).await?;
+
+    let id = daemon_id(&state_dir);
+    let cgroups = CgroupRoot::detect(&id);
+    sweep_leftovers(&id, cgroups.as_ref());
+
+    let spawner = Spawner::start().map_err(DaemonError::Threads)?;
+    let bus = EventBus::new(1024);
+    let events = EventLog::spawn(&bus, 1000);
+    let shared = Shared {
+        spawner,
+        cgroups,
+        bus: bus.clone(),
+        daemon_id: id,
+        journal: Journal::detect(),
+    };
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let api = Arc::new(config.daemon.api.clone());
+    let (manager, manager_task) =
+        Manager::start(config, shared, cancel.child_token(), tracker.clone());
+
+    let ctx = Context {
+        manager: manager.clone(),
+        bus,
+        events,
+    };
+    let server_cancel = cancel.child_token();
+    tracker.spawn(socket::serve(
+        listener,
+        socket_path,
+        api,
+        ctx,
+        server_cancel,
+    ));
+    let mut signals =
+        signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(DaemonError::Signals)?;
+
+    tokio::spawn(notify_ready(manager.clone()));
+    if let Some(period) = watchdog_period() {
+        tokio::spawn(watchdog(manager.clone(), period));
+    }
+
+    while let Some(sig) = signals.next().await {
+        match sig {
+            SIGHUP => reload(&manager).await,
+            _ => break,
+        }
+    }
+    tracing::info!("shutting down");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let graceful = manager.shutdown();
+    tokio::pin!(graceful);
+    tokio::select! {
+        _ = &mut graceful => {}
+        Some(_) = signals.next() => tracing::warn!("second signal: skipping the graceful stop"),
+    }
+    cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(EXIT_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not finish in time");
+    }
+    manager_task.abort();
+    tracing::info!("orchd stopped");
+    Ok(())
+}
+
+async fn reload(manager: &ManagerHandle) {
+    match manager.reload(false).await {
+        Ok(r) => {
+            tracing::info!(added = ?r.added, removed = ?r.removed, restarted = ?r.restarted, updated = ?r.updated, "reloaded")
+        }
+        Err(e) => tracing::error!("reload refused: {}", e.message),
+    }
+}
+
+fn sweep_leftovers(id: &str, cgroups: Option<&CgroupRoot>) {
+    let mut killed = cgroups.map(CgroupRoot::sweep).unwrap_or(0);
+    killed += cgroup::kill_marked(&format!("ORCH_INSTANCE={id}/"));
+    if killed > 0 {
+        tracing::warn!(
+            count = killed,
+            "killed processes a previous orchd left behind"
+        );
+    }
+}
+
+/// Notify `READY=1` once every service wanted up has settled (or after [`READY_WAIT`]).
+async fn notify_ready(manager: ManagerHandle) {
+    let deadline = tokio::time::Instant::now() + READY_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        let Ok(all) = manager.status(vec![]).await else {
+            return;
+        };
+        let pending = all.iter().any(|s| {
+            s.want_up
+                && !is_down(s.state)
+                && !s.ready
+                && s.state != State::Backoff
+                && !s
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("waiting for"))
+        });
+        if !pending {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!("ready");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+}
+
+fn watchdog_period() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Some(pid) = std::env::var("WATCHDOG_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+    {
+        if pid != std::process::id() {
+            return None;
+        }
+    }
+    Some(Duration::from_micros(usec / 2).max(Duration::from_millis(10)))
+}
+
+/// Feed the systemd watchdog while the manager answers: a hung manager stops the pings.
+async fn watchdog(manager: ManagerHandle, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        if tokio::time::timeout(period, manager.ping())
+            .await
+            .unwrap_or(false)
+        {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Events: past-tense facts about services, published on one broadcast bus.
+//!
+//! Supervisors and the manager publish; alerts, history, metrics and `orchctl events` subscribe.
+//! A slow subscriber lags (and is told how many events it missed) but never blocks a publisher.
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+/// What happened. Serialized with `"kind"` in snake_case for `orchctl events --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    /// A process of the service was spawned.
+    Started { pid: i32, release: String },
+    /// The service's main process ended.
+    Exited {
+        pid: i32,
+        code: Option<i32>,
+        signal: Option<String>,
+    },
+    /// Waiting `delay_ms` before restart number `restarts`.
+    Backoff { delay_ms: u64, restarts: u32 },
+    /// Gave up restarting (start limit hit, or a failure with `policy = "no"`).
+    Failed { reason: String },
+    /// The process could not be spawned at all.
+    SpawnFailed { error: String },
+    /// The service was stopped (by an operator, a reload or shutdown).
+    Stopped,
+    /// A health probe result turned the service unhealthy.
+    Unhealthy { detail: String },
+    /// The service is healthy again (or for the first time).
+    Healthy { detail: String },
+    /// Processes were found and killed that a service (or a previous orchd) left behind.
+    OrphansKilled { count: usize },
+}
+
+/// One event on the bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Service name.
+    pub service: String,
+    /// Wall-clock time, RFC 3339 UTC.
+    pub time: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+impl Event {
+    /// An event stamped with the current wall-clock time.
+    pub fn now(service: &str, kind: EventKind) -> Self {
+        Event {
+            service: service.to_owned(),
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            kind,
+        }
+    }
+}
+
+/// Cheap-clone publisher side of the bus.
+#[derive(Debug, Clone)]
+pub struct EventBus {
+    tx: broadcast::Sender<Event>,
+}
+
+impl EventBus {
+    /// A bus that buffers `capacity` events per subscriber before it lags.
+    pub fn new(capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(capacity);
+        EventBus { tx }
+    }
+
+    /// Publish a fact; having no subscriber is fine.
+    pub fn publish(&self, event: Event) {
+        tracing::debug!(service = %event.service, event = ?event.kind, "event");
+        let _ = self.tx.send(event);
+    }
+
+    /// A new subscriber, seeing events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+}
+
+/// Keeps the most recent events for `orchctl events` (without `-f`).
+#[derive(Debug, Clone)]
+pub struct EventLog {
+    tx: tokio::sync::mpsc::Sender<(usize, tokio::sync::oneshot::Sender<Vec<Event>>)>,
+}
+
+impl EventLog {
+    /// Subscribe to `bus` and keep the last `capacity` events.
+    pub fn spawn(bus: &EventBus, capacity: usize) -> EventLog {
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<(usize, tokio::sync::oneshot::Sender<Vec<Event>>)>(16);
+        let mut events = bus.subscribe();
+        tokio::spawn(async move {
+            let mut ring = std::collections::VecDeque::with_capacity(capacity);
+            loop {
+                tokio::select! {
+                    ev = events.recv() => match ev {
+                        Ok(ev) => {
+                            if ring.len() == capacity {
+                                ring.pop_front();
+                            }
+                            ring.push_back(ev);
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                    q = rx.recv() => match q {
+                        Some((n, reply)) => {
+                            let skip = ring.len().saturating_sub(n);
+                            let _ = reply.send(ring.iter().skip(skip).cloned().collect());
+                        }
+                        None => break,
+                    },
+                }
+            }
+        });
+        EventLog { tx }
+    }
+
+    /// The last `n` events.
+    pub async fn tail(&self, n: usize) -> Vec<Event> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send((n, reply)).await.is_err() {
+            return vec![];
+        }
+        rx.await.unwrap_or_default()
+    }
+}

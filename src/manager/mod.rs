@@ -1,0 +1,419 @@
+//! The manager: registry of services, routing of requests, start/stop order, reload.
+//!
+//! One task owns the registry. Front ends (socket, D-Bus, signals) send it [`Msg`]s through a
+//! [`ManagerHandle`] and never touch service state; the manager forwards commands to the
+//! supervisors and answers from their `watch` snapshots.
+
+mod order;
+mod reload;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use reload::ReloadReport;
+
+use crate::api::proto::{ApiError, ErrorCode};
+use crate::config::{Config, Unit, UnitEntry};
+use crate::state::{PersistedState, ServiceState};
+use crate::supervisor::logs::LogHub;
+use crate::supervisor::{self, DepWatch, ServiceStatus, Shared, State, SupervisorHandle};
+
+pub use crate::supervisor::Op;
+
+/// A service a control command went to: its status, and the ack that it took the command.
+pub type Controlled = (watch::Receiver<ServiceStatus>, oneshot::Receiver<()>);
+
+/// Requests to the manager task.
+#[derive(Debug)]
+pub enum Msg {
+    Status {
+        services: Vec<String>,
+        reply: oneshot::Sender<Result<Vec<ServiceStatus>, ApiError>>,
+    },
+    Control {
+        op: Op,
+        services: Vec<String>,
+        reply: oneshot::Sender<Result<Vec<Controlled>, ApiError>>,
+    },
+    Logs {
+        service: String,
+        reply: oneshot::Sender<Result<LogHub, ApiError>>,
+    },
+    Reload {
+        dry_run: bool,
+        reply: oneshot::Sender<Result<ReloadReport, ApiError>>,
+    },
+    /// Stop everything in reverse dependency order; replies when done.
+    Shutdown { reply: oneshot::Sender<()> },
+    /// Liveness check for the watchdog.
+    Ping { reply: oneshot::Sender<()> },
+}
+
+/// Cheap-clone handle to the manager task.
+#[derive(Debug, Clone)]
+pub struct ManagerHandle {
+    tx: mpsc::Sender<Msg>,
+}
+
+fn gone() -> ApiError {
+    ApiError::new(ErrorCode::Unavailable, "orchd is shutting down")
+}
+
+impl ManagerHandle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Msg) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn status(&self, services: Vec<String>) -> Result<Vec<ServiceStatus>, ApiError> {
+        self.ask(|reply| Msg::Status { services, reply })
+            .await
+            .unwrap_or_else(|| Err(gone()))
+    }
+    pub async fn control(
+        &self,
+        op: Op,
+        services: Vec<String>,
+    ) -> Result<Vec<Controlled>, ApiError> {
+        self.ask(|reply| Msg::Control {
+            op,
+            services,
+            reply,
+        })
+        .await
+        .unwrap_or_else(|| Err(gone()))
+    }
+    pub async fn logs(&self, service: String) -> Result<LogHub, ApiError> {
+        self.ask(|reply| Msg::Logs { service, reply })
+            .await
+            .unwrap_or_else(|| Err(gone()))
+    }
+    pub async fn reload(&self, dry_run: bool) -> Result<ReloadReport, ApiError> {
+        self.ask(|reply| Msg::Reload { dry_run, reply })
+            .await
+            .unwrap_or_else(|| Err(gone()))
+    }
+    pub async fn shutdown(&self) {
+        self.ask(|reply| Msg::Shutdown { reply }).await;
+    }
+    /// True when the manager answered.
+    pub async fn ping(&self) -> bool {
+        self.ask(|reply| Msg::Ping { reply }).await.is_some()
+    }
+}
+
+/// One registered service.
+enum Entry {
+    Supervised {
+        handle: SupervisorHandle,
+        unit: Arc<Unit>,
+    },
+    /// Failed validation: visible as `bad-setting`, never started. Keeps its status sender so
+    /// dependents can see it.
+    Bad {
+        status: watch::Sender<ServiceStatus>,
+    },
+}
+
+impl Entry {
+    fn status(&self) -> watch::Receiver<ServiceStatus> {
+        match self {
+            Entry::Supervised { handle, .. } => handle.status.clone(),
+            Entry::Bad { status } => status.subscribe(),
+        }
+    }
+}
+
+/// The manager task's state.
+pub struct Manager {
+    config: Config,
+    services: BTreeMap<String, Entry>,
+    shared: Shared,
+    persisted: PersistedState,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Manager {
+    /// Register every unit of `config` and start those the operator hasn't stopped.
+    pub fn start(
+        config: Config,
+        shared: Shared,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) -> (ManagerHandle, tokio::task::JoinHandle<()>) {
+        let persisted = PersistedState::load(&config.daemon.state_dir);
+        let mut m = Manager {
+            config,
+            services: BTreeMap::new(),
+            shared,
+            persisted,
+            cancel,
+            tracker,
+        };
+        let units: Vec<(String, UnitEntry)> = m
+            .config
+            .units
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        m.register(units, true);
+        let (tx, rx) = mpsc::channel(256);
+        let task = tokio::spawn(m.run(rx));
+        (ManagerHandle { tx }, task)
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.config.daemon.state_dir.clone()
+    }
+
+    /// Create status channels for all `units`, then their supervisors (so every dependency's
+    /// watch exists before a dependent looks at it).
+    fn register(&mut self, units: Vec<(String, UnitEntry)>, boot: bool) {
+        let mut pending = Vec::new();
+        for (name, entry) in units {
+            match entry {
+                UnitEntry::Bad { errors, .. } => {
+                    let text = errors
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    tracing::error!(service = %name, "unit is invalid, not started:\n{text}");
+                    let (tx, _) = watch::channel(ServiceStatus::bad_setting(&name, text));
+                    self.services.insert(name, Entry::Bad { status: tx });
+                }
+                UnitEntry::Ok(unit) => {
+                    let start = !boot
+                        || !self
+                            .persisted
+                            .services
+                            .get(&name)
+                            .is_some_and(|s| s.stopped);
+                    let release = self.release_of(&unit);
+                    let mut initial = ServiceStatus::new(&name, &release);
+                    initial.want_up = start;
+                    let (tx, _) = watch::channel(initial);
+                    pending.push((unit, tx, start));
+                }
+            }
+        }
+        let mut created: Vec<(Arc<Unit>, watch::Sender<ServiceStatus>, bool)> = Vec::new();
+        // Insert placeholders first so dependency lookups find the new watches.
+        for (unit, tx, start) in pending {
+            self.services
+                .insert(unit.name.clone(), Entry::Bad { status: tx.clone() });
+            created.push((unit, tx, start));
+        }
+        for (unit, tx, start) in created {
+            let deps = self.dep_watches(&unit);
+            let handle = supervisor::spawn_supervisor(
+                unit.clone(),
+                self.release_of(&unit),
+                self.shared.clone(),
+                tx,
+                deps,
+                start,
+                self.cancel.clone(),
+                &self.tracker,
+            );
+            self.services
+                .insert(unit.name.clone(), Entry::Supervised { handle, unit });
+        }
+    }
+
+    fn release_of(&self, unit: &Unit) -> String {
+        self.persisted
+            .services
+            .get(&unit.name)
+            .and_then(|s| s.release.clone())
+            .unwrap_or_else(|| unit.release.clone())
+    }
+
+    fn dep_watches(&self, unit: &Unit) -> Vec<DepWatch> {
+        let mut deps = Vec::new();
+        for (names, required) in [(&unit.requires, true), (&unit.after, false)] {
+            for name in names {
+                if let Some(entry) = self.services.get(name) {
+                    deps.push(DepWatch {
+                        name: name.clone(),
+                        required,
+                        status: entry.status(),
+                    });
+                }
+            }
+        }
+        deps
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                Msg::Status { services, reply } => {
+                    let _ = reply.send(self.status(&services));
+                }
+                Msg::Control {
+                    op,
+                    services,
+                    reply,
+                } => {
+                    let _ = reply.send(self.control(op, &services));
+                }
+                Msg::Logs { service, reply } => {
+                    let _ = reply.send(self.logs(&service));
+                }
+                Msg::Reload { dry_run, reply } => {
+                    let _ = reply.send(self.reload(dry_run));
+                }
+                Msg::Shutdown { reply } => {
+                    self.shutdown().await;
+                    let _ = reply.send(());
+                    return;
+                }
+                Msg::Ping { reply } => {
+                    let _ = reply.send(());
+                }
+            }
+        }
+    }
+
+    fn lookup(&self, services: &[String]) -> Result<Vec<String>, ApiError> {
+        if services.is_empty() {
+            return Ok(self.services.keys().cloned().collect());
+        }
+        let unknown: Vec<&str> = services
+            .iter()
+            .filter(|s| !self.services.contains_key(*s))
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            let known = self
+                .services
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "no such service: {}; known services: {known}",
+                    unknown.join(", ")
+                ),
+            ));
+        }
+        Ok(services.to_vec())
+    }
+
+    fn status(&self, services: &[String]) -> Result<Vec<ServiceStatus>, ApiError> {
+        let names = self.lookup(services)?;
+        Ok(names
+            .iter()
+            .filter_map(|n| self.services.get(n))
+            .map(|e| e.status().borrow().clone())
+            .collect())
+    }
+
+    fn logs(&self, service: &str) -> Result<LogHub, ApiError> {
+        self.lookup(&[service.to_owned()])?;
+        match self.services.get(service) {
+            Some(Entry::Supervised { handle, .. }) => Ok(handle.logs.clone()),
+            _ => Err(ApiError::new(
+                ErrorCode::Failed,
+                format!(
+                    "{service} has an invalid unit file and never ran; see `orchctl status {service}`"
+                ),
+            )),
+        }
+    }
+
+    fn control(&mut self, op: Op, services: &[String]) -> Result<Vec<Controlled>, ApiError> {
+        if services.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "name at least one service",
+            ));
+        }
+        let names = self.lookup(services)?;
+        let mut out = Vec::new();
+        for name in &names {
+            if let Some(Entry::Bad { status }) = self.services.get(name) {
+                if op != Op::Stop && op != Op::Reset {
+                    let why = status.borrow().reason.clone().unwrap_or_default();
+                    return Err(ApiError::new(
+                        ErrorCode::Failed,
+                        format!(
+                            "{name} has an invalid unit file; fix it and run `orchctl reload`:\n{why}"
+                        ),
+                    ));
+                }
+            }
+        }
+        for name in &names {
+            let Some(Entry::Supervised { handle, .. }) = self.services.get(name) else {
+                continue;
+            };
+            let (ack, acked) = oneshot::channel();
+            handle.send(supervisor::Command::Control { op, ack: Some(ack) });
+            out.push((handle.status.clone(), acked));
+            if matches!(op, Op::Start | Op::Stop | Op::Restart) {
+                self.persisted
+                    .services
+                    .entry(name.clone())
+                    .or_insert_with(ServiceState::default)
+                    .stopped = op == Op::Stop;
+            }
+        }
+        self.save();
+        Ok(out)
+    }
+
+    fn save(&self) {
+        if let Err(e) = self.persisted.save(&self.state_dir()) {
+            tracing::error!(error = %e, "cannot persist state");
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        let levels = order::stop_levels(&self.config);
+        tracing::info!("stopping all services");
+        for level in levels {
+            let mut waits = Vec::new();
+            for name in level {
+                if let Some(Entry::Supervised { handle, unit }) = self.services.get(&name) {
+                    handle.send(supervisor::Command::op(Op::Stop));
+                    waits.push((handle.status.clone(), unit.stop.timeout));
+                }
+            }
+            for (mut rx, timeout) in waits {
+                let deadline = Instant::now() + timeout + Duration::from_secs(2);
+                let _ = tokio::time::timeout_at(deadline, rx.wait_for(|s| is_down(s.state))).await;
+            }
+        }
+        self.cancel.cancel();
+    }
+}
+
+/// Not running and not about to: stopped, failed, exited or never valid.
+pub fn is_down(state: State) -> bool {
+    matches!(
+        state,
+        State::Inactive | State::Failed | State::Exited | State::BadSetting
+    )
+}
+
+/// The service has reached a state worth reporting after a start/restart: ready, or given up.
+pub fn is_settled(s: &ServiceStatus) -> bool {
+    s.ready
+        || matches!(
+            s.state,
+            State::Failed | State::Exited | State::BadSetting | State::Inactive | State::Backoff
+        )
+}

@@ -1,0 +1,254 @@
+//! Service output: pipes read line by line into a per-service ring buffer and the system log.
+//!
+//! One [`LogHub`] task per service owns the ring (last [`RING_LINES`] lines) and a broadcast of
+//! new lines for `orchctl logs -f`. Pipe readers never wait on the hub: when it is behind they
+//! drop lines and count them, so a service writing megabytes per second never blocks on its pipe.
+//! A line longer than [`MAX_LINE`] bytes without a newline is cut there, so memory stays bounded.
+//! Each line also goes to journald with the service name as `SYSLOG_IDENTIFIER` (when orchd runs
+//! under systemd) or to orchd's stderr log.
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Lines kept per service.
+pub const RING_LINES: usize = 1000;
+/// Longest line kept whole; longer output is split at this many bytes.
+pub const MAX_LINE: usize = 8192;
+
+/// Which pipe a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// One line of service output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// RFC 3339 UTC.
+    pub time: String,
+    pub stream: Stream,
+    pub pid: i32,
+    pub line: String,
+}
+
+enum Cmd {
+    Line(LogLine),
+    Tail {
+        n: usize,
+        reply: oneshot::Sender<Vec<LogLine>>,
+    },
+}
+
+/// Cheap-clone handle to one service's log hub.
+#[derive(Clone, Debug)]
+pub struct LogHub {
+    service: Arc<str>,
+    tx: mpsc::Sender<Cmd>,
+    follow: broadcast::Sender<LogLine>,
+}
+
+impl LogHub {
+    /// Start the hub task for `service`; it ends when every handle is dropped.
+    pub fn spawn(service: &str, journal: Option<Arc<Journal>>) -> LogHub {
+        let (tx, rx) = mpsc::channel(1024);
+        let (follow, _) = broadcast::channel(1024);
+        let hub = LogHub {
+            service: service.into(),
+            tx,
+            follow: follow.clone(),
+        };
+        tokio::spawn(run_hub(rx, follow, hub.service.clone(), journal));
+        hub
+    }
+
+    /// The last `n` lines (at most [`RING_LINES`]).
+    pub async fn tail(&self, n: usize) -> Vec<LogLine> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Tail { n, reply }).await.is_err() {
+            return vec![];
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// New lines from now on.
+    pub fn follow(&self) -> broadcast::Receiver<LogLine> {
+        self.follow.subscribe()
+    }
+
+    /// Record a line orchd itself writes into the service's log (e.g. "[orchd] started").
+    pub fn note(&self, pid: i32, text: String) {
+        let _ = self.tx.try_send(Cmd::Line(LogLine {
+            time: now(),
+            stream: Stream::Stderr,
+            pid,
+            line: text,
+        }));
+    }
+
+    /// Read `fd` (a pipe from the service) until EOF, in its own task.
+    pub fn attach(&self, fd: OwnedFd, stream: Stream, pid: i32) {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+                Ok(pipe) => hub.read_pipe(pipe, stream, pid).await,
+                Err(e) => {
+                    tracing::warn!(service = %hub.service, error = %e, "cannot read service output")
+                }
+            }
+        });
+    }
+
+    async fn read_pipe(
+        &self,
+        mut pipe: tokio::net::unix::pipe::Receiver,
+        stream: Stream,
+        pid: i32,
+    ) {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut partial: Vec<u8> = Vec::new();
+        let mut dropped = 0usize;
+        loop {
+            let n = match pipe.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let mut rest = &buf[..n];
+            while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+                let take = (MAX_LINE - partial.len().min(MAX_LINE)).min(pos);
+                partial.extend_from_slice(&rest[..take]);
+                self.emit(&mut partial, stream, pid, &mut dropped);
+                rest = &rest[pos + 1..];
+            }
+            // No newline in what is left: keep at most MAX_LINE bytes, then cut a line.
+            while !rest.is_empty() {
+                let take = (MAX_LINE - partial.len()).min(rest.len());
+                partial.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if partial.len() >= MAX_LINE {
+                    self.emit(&mut partial, stream, pid, &mut dropped);
+                }
+            }
+        }
+        if !partial.is_empty() {
+            self.emit(&mut partial, stream, pid, &mut dropped);
+        }
+        if dropped > 0 {
+            self.note(
+                pid,
+                format!(
+                    "[orchd] {dropped} lines of output were dropped: the log could not keep up"
+                ),
+            );
+        }
+    }
+
+    fn emit(&self, partial: &mut Vec<u8>, stream: Stream, pid: i32, dropped: &mut usize) {
+        let text = String::from_utf8_lossy(partial)
+            .trim_end_matches('\r')
+            .to_string();
+        partial.clear();
+        if *dropped > 0 {
+            let note = format!(
+                "[orchd] {dropped} lines of output were dropped: the log could not keep up"
+            );
+            let line = LogLine {
+                time: now(),
+                stream: Stream::Stderr,
+                pid,
+                line: note,
+            };
+            if self.tx.try_send(Cmd::Line(line)).is_ok() {
+                *dropped = 0;
+            }
+        }
+        let line = LogLine {
+            time: now(),
+            stream,
+            pid,
+            line: text,
+        };
+        if self.tx.try_send(Cmd::Line(line)).is_err() {
+            *dropped += 1;
+        }
+    }
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+async fn run_hub(
+    mut rx: mpsc::Receiver<Cmd>,
+    follow: broadcast::Sender<LogLine>,
+    service: Arc<str>,
+    journal: Option<Arc<Journal>>,
+) {
+    let mut ring: VecDeque<LogLine> = VecDeque::with_capacity(64);
+    while let Some(cmd) = rx.recv().await {
+        match cmd {
+            Cmd::Line(line) => {
+                match &journal {
+                    Some(j) => j.send(&service, &line),
+                    None => {
+                        tracing::info!(target: "service", service = %service, pid = line.pid, "{}", line.line)
+                    }
+                }
+                if ring.len() == RING_LINES {
+                    ring.pop_front();
+                }
+                let _ = follow.send(line.clone());
+                ring.push_back(line);
+            }
+            Cmd::Tail { n, reply } => {
+                let skip = ring.len().saturating_sub(n);
+                let _ = reply.send(ring.iter().skip(skip).cloned().collect());
+            }
+        }
+    }
+}
+
+/// Writes service lines to journald's native socket with the service as `SYSLOG_IDENTIFIER`.
+#[derive(Debug)]
+pub struct Journal {
+    socket: std::os::unix::net::UnixDatagram,
+}
+
+impl Journal {
+    /// Connect when orchd's stderr is the journal (`JOURNAL_STREAM` set) and the socket exists.
+    pub fn detect() -> Option<Arc<Journal>> {
+        std::env::var_os("JOURNAL_STREAM")?;
+        let socket = std::os::unix::net::UnixDatagram::unbound().ok()?;
+        socket.connect("/run/systemd/journal/socket").ok()?;
+        socket.set_nonblocking(true).ok()?;
+        Some(Arc::new(Journal { socket }))
+    }
+
+    fn send(&self, service: &str, line: &LogLine) {
+        let priority = match line.stream {
+            Stream::Stdout => 6,
+            Stream::Stderr => 5,
+        };
+        let mut msg = Vec::with_capacity(line.line.len() + 96);
+        msg.extend_from_slice(
+            format!(
+                "PRIORITY={priority}\nSYSLOG_IDENTIFIER={service}\nSYSLOG_PID={}\n",
+                line.pid
+            )
+            .as_bytes(),
+        );
+        // MESSAGE in the length-prefixed form, which allows any byte in the value.
+        msg.extend_from_slice(b"MESSAGE\n");
+        msg.extend_from_slice(&(line.line.len() as u64).to_le_bytes());
+        msg.extend_from_slice(line.line.as_bytes());
+        msg.push(b'\n');
+        // Non-blocking: if journald is behind, the line still sits in the ring buffer.
+        let _ = self.socket.send(&msg);
+    }
+}

@@ -1,0 +1,368 @@
+//! Spawning service processes and reaping every child: the one owner of `fork` and `waitpid(-1)`.
+//!
+//! Two long-lived OS threads:
+//! - the **spawner** forks every service process. `PR_SET_PDEATHSIG` fires when the *thread* that
+//!   forked a child exits, so forking from a thread that lives as long as orchd means children
+//!   die with orchd and never at random.
+//! - the **reaper** waits for SIGCHLD and loops `waitpid(-1, WNOHANG)`, handing each exit status
+//!   to the supervisor that registered the pid; orphans adopted through the subreaper are reaped
+//!   and logged.
+//!
+//! Both hold the pid registry lock across their critical section (fork+register, waitpid+lookup),
+//! so an exit can never be reaped before its pid is registered, and `std`'s own `waitpid` on a
+//! child whose exec failed never races the reaper. This lock guards only that table; no service
+//! state lives behind it.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{Gid, Pid, Uid};
+use tokio::sync::{mpsc, oneshot};
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub pid: i32,
+    pub code: Option<i32>,
+    pub signal: Option<Signal>,
+}
+
+/// Everything needed to start one process, resolved before the fork.
+#[derive(Debug, Clone)]
+pub struct SpawnSpec {
+    pub argv: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    /// The complete environment of the child.
+    pub env: Vec<(String, String)>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// cgroup directory the child joins before exec.
+    pub cgroup: Option<PathBuf>,
+    /// Pipe stdout/stderr back (services) or discard them (probes).
+    pub capture_output: bool,
+}
+
+/// A started process.
+#[derive(Debug)]
+pub struct Spawned {
+    pub pid: i32,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// Why a spawn failed; the message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("unknown user `{0}`: create it or fix `user` in the unit")]
+    UnknownUser(String),
+    #[error("unknown group `{0}`: create it or fix `group` in the unit")]
+    UnknownGroup(String),
+    #[error("looking up `{name}`: {source}")]
+    Lookup { name: String, source: nix::Error },
+    #[error("`{0}` contains a NUL byte")]
+    Nul(String),
+    #[error("cannot run {program}: {source}")]
+    Exec { program: String, source: io::Error },
+    #[error("orchd's spawner thread is gone")]
+    SpawnerGone,
+}
+
+type Registry = Arc<Mutex<HashMap<i32, mpsc::UnboundedSender<ExitInfo>>>>;
+
+struct Job {
+    spec: SpawnSpec,
+    exits: mpsc::UnboundedSender<ExitInfo>,
+    reply: oneshot::Sender<Result<Spawned, SpawnError>>,
+}
+
+/// Cheap-clone handle to the spawner thread.
+#[derive(Clone)]
+pub struct Spawner {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Spawner {
+    /// Start the spawner and reaper threads. Call once per orchd.
+    pub fn start() -> io::Result<Spawner> {
+        let registry: Registry = Arc::new(Mutex::new(HashMap::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let reg = registry.clone();
+        std::thread::Builder::new()
+            .name("orch-spawner".into())
+            .spawn(move || spawner_loop(rx, reg))?;
+        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGCHLD])?;
+        std::thread::Builder::new()
+            .name("orch-reaper".into())
+            .spawn(move || {
+                reap_all(&registry);
+                for _ in signals.forever() {
+                    reap_all(&registry);
+                }
+            })?;
+        Ok(Spawner { jobs: tx })
+    }
+
+    /// Fork and exec `spec`; its exit will be sent on `exits`.
+    pub async fn spawn(
+        &self,
+        spec: SpawnSpec,
+        exits: mpsc::UnboundedSender<ExitInfo>,
+    ) -> Result<Spawned, SpawnError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job { spec, exits, reply })
+            .map_err(|_| SpawnError::SpawnerGone)?;
+        rx.await.map_err(|_| SpawnError::SpawnerGone)?
+    }
+}
+
+fn lock(
+    registry: &Registry,
+) -> std::sync::MutexGuard<'_, HashMap<i32, mpsc::UnboundedSender<ExitInfo>>> {
+    // A panic while holding this lock can only come from a bug in this file; the table itself
+    // stays consistent (insert/remove are atomic), so recover it rather than stop reaping.
+    registry
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn spawner_loop(jobs: std::sync::mpsc::Receiver<Job>, registry: Registry) {
+    while let Ok(job) = jobs.recv() {
+        let result = {
+            let mut table = lock(&registry);
+            let result = spawn_now(&job.spec);
+            if let Ok(s) = &result {
+                table.insert(s.pid, job.exits);
+            }
+            result
+        };
+        let _ = job.reply.send(result);
+    }
+}
+
+fn reap_all(registry: &Registry) {
+    let mut table = lock(registry);
+    loop {
+        let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(nix::Error::ECHILD) => return,
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "waitpid failed");
+                return;
+            }
+            Ok(s) => s,
+        };
+        let info = match status {
+            WaitStatus::Exited(pid, code) => ExitInfo {
+                pid: pid.as_raw(),
+                code: Some(code),
+                signal: None,
+            },
+            WaitStatus::Signaled(pid, sig, _) => ExitInfo {
+                pid: pid.as_raw(),
+                code: None,
+                signal: Some(sig),
+            },
+            _ => continue,
+        };
+        match table.remove(&info.pid) {
+            Some(tx) => {
+                let _ = tx.send(info);
+            }
+            None => {
+                tracing::debug!(pid = info.pid, code = ?info.code, signal = ?info.signal, "reaped orphan")
+            }
+        }
+    }
+}
+
+/// Credentials resolved before the fork (NSS lookups are not async-signal-safe).
+struct Creds {
+    uid: Uid,
+    gid: Gid,
+    groups: Vec<Gid>,
+}
+
+fn resolve_creds(spec: &SpawnSpec) -> Result<Option<Creds>, SpawnError> {
+    use nix::unistd::{Group, User, getgrouplist};
+    let user = match &spec.user {
+        Some(name) => Some(
+            User::from_name(name)
+                .map_err(|source| SpawnError::Lookup {
+                    name: name.clone(),
+                    source,
+                })?
+                .ok_or_else(|| SpawnError::UnknownUser(name.clone()))?,
+        ),
+        None => None,
+    };
+    let group = match &spec.group {
+        Some(name) => Some(
+            Group::from_name(name)
+                .map_err(|source| SpawnError::Lookup {
+                    name: name.clone(),
+                    source,
+                })?
+                .ok_or_else(|| SpawnError::UnknownGroup(name.clone()))?,
+        ),
+        None => None,
+    };
+    if user.is_none() && group.is_none() {
+        return Ok(None);
+    }
+    let uid = user.as_ref().map(|u| u.uid).unwrap_or_else(Uid::current);
+    let gid = group
+        .as_ref()
+        .map(|g| g.gid)
+        .or(user.as_ref().map(|u| u.gid))
+        .unwrap_or_else(Gid::current);
+    let groups = match &user {
+        Some(u) => {
+            let cname =
+                CString::new(u.name.as_bytes()).map_err(|_| SpawnError::Nul(u.name.clone()))?;
+            let mut gs = getgrouplist(&cname, gid).map_err(|source| SpawnError::Lookup {
+                name: u.name.clone(),
+                source,
+            })?;
+            if !gs.contains(&gid) {
+                gs.push(gid);
+            }
+            gs
+        }
+        None => vec![gid],
+    };
+    Ok(Some(Creds { uid, gid, groups }))
+}
+
+fn spawn_now(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
+    let program = spec.argv.first().cloned().unwrap_or_default();
+    let creds = resolve_creds(spec)?;
+    let cgroup_procs = match &spec.cgroup {
+        Some(dir) => Some(
+            CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
+                .map_err(|_| SpawnError::Nul(dir.display().to_string()))?,
+        ),
+        None => None,
+    };
+    let parent = nix::unistd::getpid();
+    let mut cmd = Command::new(&program);
+    cmd.args(&spec.argv[1.min(spec.argv.len())..]);
+    cmd.env_clear().envs(spec.env.iter().map(|(k, v)| (k, v)));
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(cwd);
+    }
+    cmd.stdin(Stdio::null());
+    if spec.capture_output {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    } else {
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    }
+    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
+    // functions (setsid, prctl, getppid, sigprocmask, signal, open, write, close, setgroups,
+    // setgid, setuid, _exit) on data prepared before the fork; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || child_setup(parent, cgroup_procs.as_ref(), creds.as_ref()));
+    }
+    let child = cmd.spawn().map_err(|source| SpawnError::Exec {
+        program: program.clone(),
+        source,
+    })?;
+    let pid = child.id() as i32;
+    let stdout = child.stdout.map(OwnedFd::from);
+    let stderr = child.stderr.map(OwnedFd::from);
+    // Dropping `Child` does not wait: the reaper owns the exit status.
+    Ok(Spawned {
+        pid,
+        stdout,
+        stderr,
+    })
+}
+
+/// Runs in the child between fork and exec. Must stay async-signal-safe.
+fn child_setup(
+    parent: Pid,
+    cgroup_procs: Option<&CString>,
+    creds: Option<&Creds>,
+) -> io::Result<()> {
+    // Own session and process group: stop signals go to the whole group.
+    nix::unistd::setsid()?;
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a plain signal number.
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    if nix::unistd::getppid() != parent {
+        // orchd died between fork and prctl: don't run unsupervised.
+        // SAFETY: _exit is async-signal-safe and ends only this child.
+        unsafe { libc::_exit(1) };
+    }
+    // Default dispositions and an empty mask: handlers reset on exec, but ignored signals don't.
+    for sig in 1..libc::SIGRTMAX() {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // SAFETY: signal() is async-signal-safe; errors for reserved numbers are harmless.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
+        }
+    }
+    nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    )?;
+    if let Some(path) = cgroup_procs {
+        join_cgroup(path)?;
+    }
+    if let Some(c) = creds {
+        nix::unistd::setgroups(&c.groups)?;
+        nix::unistd::setgid(c.gid)?;
+        nix::unistd::setuid(c.uid)?;
+    }
+    Ok(())
+}
+
+fn join_cgroup(procs: &CString) -> io::Result<()> {
+    // SAFETY: open/write/close are async-signal-safe; `procs` is a valid C string that outlives
+    // this call; writing "0" to cgroup.procs moves the calling process.
+    unsafe {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+        let err = io::Error::last_os_error();
+        libc::close(fd);
+        if n != 1 {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// Send `sig` to the process group `pgid` (ESRCH — nobody left — is not an error).
+pub fn signal_group(pgid: i32, sig: Signal) {
+    if pgid <= 1 {
+        return;
+    }
+    match nix::sys::signal::killpg(Pid::from_raw(pgid), sig) {
+        Ok(()) | Err(nix::Error::ESRCH) => {}
+        Err(e) => {
+            tracing::warn!(pgid, signal = %sig, error = %e, "signalling process group failed")
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Building a process's argv, working directory and environment from its unit.
+//!
+//! Pure apart from reading the unit's `env_file` (re-read at every start, like systemd does).
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{Unit, substitute};
+
+use super::process::SpawnSpec;
+
+/// Variables of orchd's own environment that must not leak into services.
+const SCRUBBED: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "JOURNAL_STREAM",
+    "INVOCATION_ID",
+    "ORCH_INSTANCE",
+    "ORCH_RELEASE",
+    "ORCH_SERVICE",
+    "PORT",
+];
+
+/// Errors building a spawn spec.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("reading env_file {path}: {source}")]
+    EnvFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: expected KEY=VALUE in env_file")]
+    EnvLine { path: PathBuf, line: usize },
+    #[error("unit has no exec (monitor-only)")]
+    NoExec,
+}
+
+/// Which instance to start: its port (for `{port}`/`PORT`), release and identity marker.
+#[derive(Debug, Clone)]
+pub struct InstanceParams {
+    pub port: Option<u16>,
+    pub release: String,
+    /// `ORCH_INSTANCE` value; lets orchd find the instance's processes without a cgroup.
+    pub marker: String,
+    pub cgroup: Option<PathBuf>,
+}
+
+/// The spawn spec for `unit`'s instance.
+pub fn build(unit: &Unit, p: &InstanceParams) -> Result<SpawnSpec, SpecError> {
+    let exec = unit.exec.as_ref().ok_or(SpecError::NoExec)?;
+    let argv = exec
+        .iter()
+        .map(|a| substitute(a, p.port, &p.release))
+        .collect();
+    let base = unit.path.parent().unwrap_or(Path::new("/"));
+    let cwd = unit
+        .working_dir
+        .as_ref()
+        .map(|w| base.join(substitute(w, p.port, &p.release)));
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| !SCRUBBED.contains(&k.as_str()))
+        .collect();
+    if let Some(user) = unit
+        .user
+        .as_ref()
+        .and_then(|u| nix::unistd::User::from_name(u).ok().flatten())
+    {
+        set(&mut env, "HOME", user.dir.display().to_string());
+        set(&mut env, "USER", user.name.clone());
+        set(&mut env, "LOGNAME", user.name.clone());
+        set(&mut env, "SHELL", user.shell.display().to_string());
+    }
+    if let Some(file) = &unit.env_file {
+        let path = base.join(file);
+        for (k, v) in read_env_file(&path)? {
+            set(&mut env, &k, v);
+        }
+    }
+    for (k, v) in &unit.env {
+        set(&mut env, k, substitute(v, p.port, &p.release));
+    }
+    if let Some(port) = p.port {
+        set(&mut env, "PORT", port.to_string());
+    }
+    set(&mut env, "ORCH_RELEASE", p.release.clone());
+    set(&mut env, "ORCH_SERVICE", unit.name.clone());
+    set(&mut env, "ORCH_INSTANCE", p.marker.clone());
+    Ok(SpawnSpec {
+        argv,
+        cwd,
+        env,
+        user: unit.user.clone(),
+        group: unit.group.clone(),
+        cgroup: p.cgroup.clone(),
+        capture_output: true,
+    })
+}
+
+fn set(env: &mut Vec<(String, String)>, key: &str, value: String) {
+    match env.iter_mut().find(|(k, _)| k == key) {
+        Some(slot) => slot.1 = value,
+        None => env.push((key.to_owned(), value)),
+    }
+}
+
+/// Parse a systemd-style environment file: `KEY=VALUE` lines, `#` comments, optional `export `
+/// and matching single or double quotes around the value.
+pub fn read_env_file(path: &Path) -> Result<Vec<(String, String)>, SpecError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SpecError::EnvFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_env(&text).map_err(|line| SpecError::EnvLine {
+        path: path.to_owned(),
+        line,
+    })
+}
+
+fn parse_env(text: &str) -> Result<Vec<(String, String)>, usize> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let (k, v) = line.split_once('=').ok_or(i + 1)?;
+        let k = k.trim();
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(i + 1);
+        }
+        let v = v.trim();
+        let v = match (v.chars().next(), v.chars().last()) {
+            (Some(q @ ('"' | '\'')), Some(e)) if q == e && v.len() >= 2 => &v[1..v.len() - 1],
+            _ => v,
+        };
+        out.push((k.to_owned(), v.to_owned()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_file_forms() {
+        let text = "# comment\nA=1\nexport B=\"two words\"\nC='x=y'\n\nD=\n";
+        let got = parse_env(text).unwrap();
+        let want = [("A", "1"), ("B", "two words"), ("C", "x=y"), ("D", "")];
+        assert_eq!(got, want.map(|(k, v)| (k.to_owned(), v.to_owned())));
+    }
+
+    #[test]
+    fn env_file_bad_line_is_reported_with_its_number() {
+        assert_eq!(parse_env("A=1\njunk\n"), Err(2));
+        assert_eq!(parse_env("BAD-KEY=1\n"), Err(1));
+    }
+}
