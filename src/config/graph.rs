@@ -157,3 +157,111 @@ fn ports(units: &BTreeMap<String, Links>, out: &mut BTreeMap<String, Vec<Diagnos
 fn clash(a: &SocketAddr, b: &SocketAddr) -> bool {
     a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use crate::config::UnitEntry;
+    use crate::config::load::{UnitFile, build_units};
+    use crate::config::validate_unit::UnitCtx;
+
+    /// Cross-checks in-memory units in `/u` and returns each bad unit's diagnostics.
+    fn errors(units: &[(&str, &str)]) -> Vec<String> {
+        let files = units
+            .iter()
+            .map(|(name, text)| UnitFile {
+                name: name.to_string(),
+                path: PathBuf::from(format!("/u/{name}.toml")),
+                text: Ok(text.to_string()),
+            })
+            .collect();
+        build_units(files, Path::new("/u"), &UnitCtx::default())
+            .into_values()
+            .flat_map(|e| match e {
+                UnitEntry::Ok(_) => Vec::new(),
+                UnitEntry::Bad { errors, .. } => errors,
+            })
+            .map(|d| d.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn unknown_dependency() {
+        assert_eq!(
+            errors(&[("api", "exec = [\"a\"]\nrequires = [\"db\"]\n")]),
+            ["/u/api.toml:2:13: unknown dependency `db`: no unit file db.toml in /u"]
+        );
+    }
+
+    #[test]
+    fn a_dependency_on_a_broken_unit_is_not_unknown() {
+        let units = [
+            ("api", "exec = [\"a\"]\nafter = [\"db\"]\n"),
+            ("db", "exec = 1\n"),
+        ];
+        assert_eq!(
+            errors(&units),
+            ["/u/db.toml:1:8: invalid type: integer `1`, expected a sequence"]
+        );
+    }
+
+    #[test]
+    fn dependency_cycles_are_reported_on_every_member() {
+        let units = [
+            ("web", "exec = [\"a\"]\nrequires = [\"api\"]\n"),
+            (
+                "api",
+                "exec = [\"a\"]\nafter = [\"cache\"]\nrequires = [\"web\"]\n",
+            ),
+            ("cache", "exec = [\"a\"]\n"),
+            ("loop", "exec = [\"a\"]\nafter = [\"loop\"]\n"),
+        ];
+        assert_eq!(
+            errors(&units),
+            [
+                "/u/api.toml:3:13: dependency cycle: api -> web -> api",
+                "/u/loop.toml:2:10: dependency cycle: loop -> loop",
+                "/u/web.toml:2:13: dependency cycle: api -> web -> api",
+            ]
+        );
+    }
+
+    #[test]
+    fn longer_cycles_start_at_the_alphabetically_first_unit() {
+        let units = [
+            ("c", "exec = [\"a\"]\nafter = [\"a\"]\n"),
+            ("a", "exec = [\"a\"]\nafter = [\"b\"]\n"),
+            ("b", "exec = [\"a\"]\nafter = [\"c\"]\n"),
+        ];
+        let cycle = "dependency cycle: a -> b -> c -> a";
+        assert_eq!(
+            errors(&units),
+            [
+                format!("/u/a.toml:2:10: {cycle}"),
+                format!("/u/b.toml:2:10: {cycle}"),
+                format!("/u/c.toml:2:10: {cycle}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn ports_and_listen_addresses_claimed_twice() {
+        let web = "exec = [\"a\"]\n[deploy]\nlisten = \"0.0.0.0:8000\"\nports = [9000, 9001]\n";
+        let api = "exec = [\"a\"]\n[deploy]\nlisten = \"127.0.0.1:8000\"\nports = [9002, 9000]\n";
+        assert_eq!(
+            errors(&[("web", web), ("api", api)]),
+            [
+                "/u/api.toml:3:10: listen address 127.0.0.1:8000 is also used by unit `web`",
+                "/u/api.toml:4:16: port 9000 is also a slot port of unit `web`",
+                "/u/web.toml:3:10: listen address 0.0.0.0:8000 is also used by unit `api`",
+                "/u/web.toml:4:10: port 9000 is also a slot port of unit `api`",
+            ]
+        );
+        let own = "exec = [\"a\"]\n[deploy]\nlisten = \"0.0.0.0:9001\"\nports = [9000, 9001]\n";
+        assert_eq!(
+            errors(&[("own", own)]),
+            ["/u/own.toml:4:16: port 9001 is also this unit's deploy.listen port"]
+        );
+    }
+}

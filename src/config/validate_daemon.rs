@@ -1,7 +1,7 @@
 //! Validation of `orchd.toml`: its serde mirror (`raw.rs`) into a [`DaemonConfig`],
 //! reporting every problem with its position. Called by `load` in `mod.rs`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +22,9 @@ pub(crate) struct DaemonOutcome {
     pub units_dir_ok: bool,
     /// Where `units_dir` was set, for errors about reading it.
     pub units_dir_at: Pos,
+    /// Every alert channel name written, even of a channel with errors, so that units
+    /// naming it do not also get "unknown alert channel" from `check`.
+    pub channels: BTreeSet<String>,
 }
 
 /// Validates the text of `orchd.toml`; `path` is absolute.
@@ -43,12 +46,14 @@ pub(crate) fn validate_daemon(path: &Path, text: &str) -> DaemonOutcome {
             errors: r.errors,
             units_dir_ok: false,
             units_dir_at: Pos::start_of(path),
+            channels: BTreeSet::new(),
         };
     };
     let mut v = Validator {
         r,
         base,
         dropped: &parsed.dropped,
+        channels: BTreeSet::new(),
     };
     let mut units_dir_at = Pos::start_of(path);
     if let Some(dir) = &raw.units_dir {
@@ -71,11 +76,14 @@ pub(crate) fn validate_daemon(path: &Path, text: &str) -> DaemonOutcome {
             }
         }
     });
+    let mut errors = v.r.errors;
+    errors.sort();
     DaemonOutcome {
         config,
-        errors: v.r.errors,
+        errors,
         units_dir_ok: !parsed.dropped.contains("units_dir"),
         units_dir_at,
+        channels: v.channels,
     }
 }
 
@@ -83,6 +91,8 @@ struct Validator<'a> {
     r: Report<'a>,
     base: &'a Path,
     dropped: &'a BTreeSet<String>,
+    /// Every channel name written, valid channel or not.
+    channels: BTreeSet<String>,
 }
 
 impl Validator<'_> {
@@ -167,29 +177,27 @@ impl Validator<'_> {
 
     fn alerts(&mut self, raw: RawAlerts) -> AlertsConfig {
         let default = AlertsConfig::default();
-        let mut names: BTreeMap<String, ()> = BTreeMap::new();
-        let mut seen = |r: &mut Report<'_>, name: &Option<S<String>>| {
-            if let Some(name) = name {
-                if names.insert(name.get_ref().clone(), ()).is_some() {
-                    r.at(
-                        name.span(),
-                        format!(
-                            "duplicate channel name `{}`: channel names must be unique across \
-                             [[alerts.email]] and [[alerts.webhook]]",
-                            name.get_ref()
-                        ),
-                    );
-                }
+        let seen = |r: &mut Report<'_>, names: &mut BTreeSet<String>, name: &Option<S<String>>| {
+            let Some(name) = name else {
+                return;
+            };
+            if !names.insert(name.get_ref().clone()) {
+                let message = format!(
+                    "duplicate channel name `{}`: channel names must be unique across \
+                     [[alerts.email]] and [[alerts.webhook]]",
+                    name.get_ref()
+                );
+                r.at(name.span(), message);
             }
         };
         let mut email = Vec::new();
         for (i, e) in raw.email.unwrap_or_default().into_iter().enumerate() {
-            seen(&mut self.r, &e.get_ref().name);
+            seen(&mut self.r, &mut self.channels, &e.get_ref().name);
             email.extend(self.email(i, e));
         }
         let mut webhook = Vec::new();
         for (i, w) in raw.webhook.unwrap_or_default().into_iter().enumerate() {
-            seen(&mut self.r, &w.get_ref().name);
+            seen(&mut self.r, &mut self.channels, &w.get_ref().name);
             webhook.extend(self.webhook(i, w));
         }
         AlertsConfig {
@@ -224,13 +232,10 @@ impl Validator<'_> {
         let server = raw.server.as_ref().map(|s| s.get_ref().clone());
         let server = self.channel_key(server, key("server"), &span, t, "server");
         let from = self.channel_key(raw.from, key("from"), &span, t, "from");
-        let to = match raw.to {
-            Some(to) if to.get_ref().is_empty() => {
-                self.r.at(to.span(), "`to` must list at least one address");
-                None
-            }
-            to => to.map(S::into_inner),
-        };
+        if let Some(to) = raw.to.as_ref().filter(|to| to.get_ref().is_empty()) {
+            self.r.at(to.span(), "`to` must list at least one address");
+        }
+        let to = raw.to.map(S::into_inner);
         let to = self.channel_key(to, key("to"), &span, t, "to");
         let tls = raw
             .tls
@@ -309,4 +314,94 @@ fn is_http_url(url: &str) -> bool {
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"));
     rest.is_some_and(|r| !r.starts_with(['/', '?', '#']) && !r.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        let out = validate_daemon(Path::new("/etc/orch/orchd.toml"), text);
+        out.errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn tls_none_is_for_loopback_only() {
+        let email = |server: &str| {
+            format!(
+                "[[alerts.email]]\nname = \"m\"\nserver = \"{server}\"\ntls = \"none\"\n\
+                 from = \"a@b\"\nto = [\"c@d\"]\n"
+            )
+        };
+        assert_eq!(
+            errors(&email("smtp.example.com")),
+            [
+                "/etc/orch/orchd.toml:4:7: tls = \"none\" is only allowed to a loopback server \
+              (localhost, 127.0.0.0/8, ::1), not \"smtp.example.com\""
+            ]
+        );
+        for server in ["localhost", "127.0.0.2", "::1", "[::1]"] {
+            assert_eq!(errors(&email(server)), Vec::<String>::new(), "{server}");
+        }
+    }
+
+    #[test]
+    fn channels_and_grants() {
+        let text = "[api]\nbogus = 1\n[[api.grant]]\nuser = \"u\"\ngroup = \"g\"\n\
+                    commands = [\"deploy\", \"nuke\"]\nservices = [\"*\"]\n\
+                    [[alerts.email]]\nname = \"x\"\nserver = \"s\"\nfrom = \"f\"\nto = []\n\
+                    password_file = \"p\"\npassword_env = \"E\"\n\
+                    [[alerts.webhook]]\nname = \"x\"\nurl = \"ftp://secret\"\n";
+        assert_eq!(
+            errors(text),
+            [
+                "/etc/orch/orchd.toml:2:1: unknown field `bogus`, expected one of `socket`, \
+                 `socket_group`, `readonly_groups`, `dbus`, `grant`",
+                "/etc/orch/orchd.toml:3:1: a grant has both `user` and `group`: write one \
+                 [[api.grant]] for each",
+                "/etc/orch/orchd.toml:6:23: unknown command `nuke` in grant; known: status, \
+                 logs, events, history, start, stop, restart, reset, deploy, rollback, reload, \
+                 alert-test, silence, silences, unsilence",
+                "/etc/orch/orchd.toml:12:6: `to` must list at least one address",
+                "/etc/orch/orchd.toml:14:16: set either `password_file` or `password_env`, \
+                 not both",
+                "/etc/orch/orchd.toml:16:8: duplicate channel name `x`: channel names must be \
+                 unique across [[alerts.email]] and [[alerts.webhook]]",
+                "/etc/orch/orchd.toml:17:7: webhook `url` must be an http:// or https:// URL \
+                 with a host",
+            ]
+        );
+    }
+
+    #[test]
+    fn required_keys_and_metrics() {
+        let text = "[[alerts.webhook]]\nname = \"w\"\n[metrics]\nlisten = \"nowhere\"\n";
+        assert_eq!(
+            errors(text),
+            [
+                "/etc/orch/orchd.toml:1:1: [[alerts.webhook]] needs `url`",
+                "/etc/orch/orchd.toml:4:10: invalid metrics.listen \"nowhere\": expected \
+                 IP:PORT, e.g. \"127.0.0.1:8000\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let out = validate_daemon(Path::new("/etc/orch/orchd.toml"), "");
+        assert!(out.errors.is_empty());
+        let c = out.config;
+        assert_eq!(c.units_dir, Path::new("/etc/orch/units"));
+        assert_eq!(c.state_dir, Path::new("/var/lib/orch"));
+        assert_eq!(c.api, ApiConfig::default());
+        assert_eq!(c.alerts.repeat_interval.as_secs(), 3600);
+        assert_eq!(c.metrics, None);
+        let text = "units_dir = \"u\"\nstate_dir = \"../s\"\n[api]\nsocket = \"x.sock\"\n\
+                    socket_group = \"\"\n";
+        let c = validate_daemon(Path::new("/etc/orch/orchd.toml"), text).config;
+        assert_eq!(c.units_dir, Path::new("/etc/orch/u"));
+        assert_eq!(c.state_dir, Path::new("/etc/orch/../s"));
+        assert_eq!(c.api.socket, Path::new("/etc/orch/x.sock"));
+        assert_eq!(c.api.socket_group, None);
+    }
 }
