@@ -1,35 +1,52 @@
-//! TEMPORARY stub of the config types (replaced by the real module from the `config` branch).
-#![allow(missing_docs)]
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+//! Configuration: `orchd.toml` and the unit files in its `units_dir` (DESIGN §3).
+//!
+//! Loading (`load.rs`) is two-staged: a serde mirror with `deny_unknown_fields`
+//! (`raw.rs`, parsed leniently by `lenient.rs` so every bad key is reported), then
+//! validation (`validate_daemon.rs`, `validate_unit.rs`, `health.rs`) into the typed
+//! structs of `daemon.rs` and `unit.rs`, and checks across units (`graph.rs`). Every problem is a [`Diagnostic`] printed as
+//! `FILE:LINE:COL: message`. A broken unit does not fail the load: it is a
+//! [`UnitEntry::Bad`] that the manager shows as `bad-setting`. Used by `orchd` at start,
+//! on reload and for `--check`.
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Diagnostic {
-    pub file: PathBuf,
-    pub line: usize,
-    pub col: usize,
-    pub message: String,
-}
-impl std::fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.col,
-            self.message
-        )
-    }
-}
-#[derive(Debug, Clone, PartialEq)]
+mod daemon;
+mod diag;
+mod graph;
+mod health;
+mod lenient;
+mod load;
+mod raw;
+mod template;
+mod unit;
+mod validate_daemon;
+mod validate_unit;
+mod values;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use daemon::{
+    AlertsConfig, ApiConfig, DaemonConfig, DbusMode, EmailChannel, GRANT_COMMANDS, Grant,
+    MetricsConfig, Principal, Secret, SecretSource, TlsMode, WebhookChannel, WebhookFormat,
+};
+pub use diag::Diagnostic;
+pub use template::substitute;
+pub use unit::{
+    DeployConfig, HealthCheck, HealthConfig, OnUnhealthy, ProxyMode, RestartConfig, RestartPolicy,
+    StopConfig, SwitchMode, Unit,
+};
+
+pub use load::{check, load, load_unit_str};
+
+/// The daemon's settings and every unit file found.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
     pub daemon: DaemonConfig,
+    /// By service name (the file stem).
     pub units: BTreeMap<String, UnitEntry>,
 }
+
+/// A unit file: valid, or kept with its errors so it stays visible as `bad-setting`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum UnitEntry {
     Ok(Arc<Unit>),
@@ -38,144 +55,22 @@ pub enum UnitEntry {
         errors: Vec<Diagnostic>,
     },
 }
-pub fn load(_config_path: &Path) -> Result<Config, Vec<Diagnostic>> {
-    Err(vec![])
-}
+
 impl Config {
+    /// Every bad unit's diagnostics, sorted by file, line and column. (Errors in
+    /// `orchd.toml` make [`load`] fail, so a loaded config has none of those; [`check`]
+    /// reports both.)
     pub fn diagnostics(&self) -> Vec<Diagnostic> {
-        vec![]
+        let mut all: Vec<Diagnostic> = self
+            .units
+            .values()
+            .filter_map(|u| match u {
+                UnitEntry::Bad { errors, .. } => Some(errors.iter().cloned()),
+                UnitEntry::Ok(_) => None,
+            })
+            .flatten()
+            .collect();
+        all.sort();
+        all
     }
-}
-pub fn check(_p: &Path) -> Vec<Diagnostic> {
-    vec![]
-}
-#[derive(Debug, Clone, PartialEq)]
-pub struct DaemonConfig {
-    pub path: PathBuf,
-    pub units_dir: PathBuf,
-    pub state_dir: PathBuf,
-    pub api: ApiConfig,
-    pub alerts: AlertsConfig,
-    pub metrics: Option<MetricsConfig>,
-}
-#[derive(Debug, Clone, PartialEq)]
-pub struct ApiConfig {
-    pub socket: PathBuf,
-    pub socket_group: Option<String>,
-    pub readonly_groups: Vec<String>,
-    pub dbus: DbusMode,
-    pub grants: Vec<Grant>,
-}
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum DbusMode {
-    System,
-    Session,
-    Off,
-}
-#[derive(Debug, Clone, PartialEq)]
-pub struct Grant {
-    pub principal: Principal,
-    pub commands: Vec<String>,
-    pub services: Vec<String>,
-}
-#[derive(Debug, Clone, PartialEq)]
-pub enum Principal {
-    User(String),
-    Group(String),
-}
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct AlertsConfig {
-    pub repeat_interval: Duration,
-}
-#[derive(Debug, Clone, PartialEq)]
-pub struct MetricsConfig {
-    pub listen: SocketAddr,
-}
-#[derive(Debug, Clone, PartialEq)]
-pub struct Unit {
-    pub name: String,
-    pub path: PathBuf,
-    pub description: Option<String>,
-    pub exec: Option<Vec<String>>,
-    pub working_dir: Option<String>,
-    pub release: String,
-    pub user: Option<String>,
-    pub group: Option<String>,
-    pub env: BTreeMap<String, String>,
-    pub env_file: Option<PathBuf>,
-    pub requires: Vec<String>,
-    pub after: Vec<String>,
-    pub alert: Option<Vec<String>>,
-    pub restart: RestartConfig,
-    pub stop: StopConfig,
-    pub health: Option<HealthConfig>,
-    pub deploy: Option<DeployConfig>,
-}
-impl Unit {
-    pub fn needs_restart(&self, new: &Unit) -> bool {
-        self != new
-    }
-    pub fn is_monitor_only(&self) -> bool {
-        self.exec.is_none()
-    }
-}
-#[derive(Debug, Clone, PartialEq)]
-pub struct RestartConfig {
-    pub policy: RestartPolicy,
-    pub delay: Duration,
-    pub max_delay: Duration,
-    pub multiplier: f64,
-    pub jitter: f64,
-    pub reset_after: Duration,
-    pub burst: u32,
-    pub interval: Duration,
-}
-impl Default for RestartConfig {
-    fn default() -> Self {
-        Self {
-            policy: RestartPolicy::OnFailure,
-            delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(30),
-            multiplier: 2.0,
-            jitter: 0.1,
-            reset_after: Duration::from_secs(60),
-            burst: 0,
-            interval: Duration::from_secs(60),
-        }
-    }
-}
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum RestartPolicy {
-    No,
-    OnFailure,
-    Always,
-}
-#[derive(Debug, Clone, PartialEq)]
-pub struct StopConfig {
-    pub signal: nix::sys::signal::Signal,
-    pub timeout: Duration,
-}
-impl Default for StopConfig {
-    fn default() -> Self {
-        Self {
-            signal: nix::sys::signal::Signal::SIGTERM,
-            timeout: Duration::from_secs(10),
-        }
-    }
-}
-#[derive(Debug, Clone, PartialEq)]
-pub struct HealthConfig {
-    pub interval: Duration,
-}
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeployConfig {
-    pub listen: Option<SocketAddr>,
-    pub ports: [u16; 2],
-}
-pub fn substitute(template: &str, port: Option<u16>, release: &str) -> String {
-    let mut s = template.replace("{release}", release);
-    if let Some(p) = port {
-        s = s.replace("{port}", &p.to_string());
-    }
-    s
 }
