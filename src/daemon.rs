@@ -18,7 +18,7 @@ use crate::api::handler::Context;
 use crate::api::socket;
 use crate::config::Config;
 use crate::event::{EventBus, EventLog};
-use crate::manager::{Manager, ManagerHandle, is_down};
+use crate::manager::{Manager, ManagerHandle};
 use crate::supervisor::cgroup::{self, CgroupRoot};
 use crate::supervisor::logs::Journal;
 use crate::supervisor::process::Spawner;
@@ -166,11 +166,11 @@ async fn notify_ready(manager: ManagerHandle) {
         let Ok(all) = manager.status(vec![]).await else {
             return;
         };
+        // Wanted up, not ready yet, and neither given up, backing off nor blocked on another.
         let pending = all.iter().any(|s| {
             s.want_up
-                && !is_down(s.state)
                 && !s.ready
-                && s.state != State::Backoff
+                && matches!(s.state, State::Inactive | State::Starting | State::Running)
                 && !s
                     .reason
                     .as_deref()

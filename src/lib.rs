@@ -1,6 +1,7 @@
 //! orch — a process supervisor for one production Linux VM.
 pub mod api;
 pub mod config;
+pub mod ctl;
 pub mod daemon;
 pub mod event;
 pub mod manager;

@@ -104,8 +104,7 @@ async fn settle(op: Op, mut rx: tokio::sync::watch::Receiver<ServiceStatus>) -> 
         Op::Reset => s.state != State::Starting || is_settled(s),
     };
     let _ = tokio::time::timeout_at(deadline, rx.wait_for(done)).await;
-    let s = rx.borrow().clone();
-    s
+    rx.borrow().clone()
 }
 
 fn succeeded(op: Op, s: &ServiceStatus) -> bool {

@@ -1,1 +1,240 @@
-fn main() {}
+//! `orchctl`: the CLI for orchd. Talks to its socket; human output or `--json`; exit codes per
+//! DESIGN §5 (0 done, 1 failed, 2 usage/validation, 3 cannot reach orchd, 4 permission denied).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use orch::api::client::{Client, ClientError};
+use orch::api::proto::{Command, Response};
+use serde_json::Value;
+
+use orch::ctl as render;
+
+/// orchctl — control orchd: status, start/stop, logs, events, deploys, reload, alerts.
+#[derive(Debug, Parser)]
+#[command(name = "orchctl", version = orch::VERSION, about, long_about = None)]
+struct Cli {
+    /// orchd's socket.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "ORCH_SOCKET",
+        default_value = "/run/orch/orchd.sock"
+    )]
+    socket: PathBuf,
+    /// Print JSON (one object per line for streams) instead of human output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Show state, health, pid, release, restarts and uptime of services (all by default).
+    Status { services: Vec<String> },
+    /// Start services (waits until they are ready or have failed).
+    Start {
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// Stop services gracefully (stop signal, then SIGKILL after the unit's stop timeout).
+    Stop {
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// Restart services; also clears a `failed` state and the restart counters.
+    Restart {
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// Clear `failed` and backoff: a service that gave up restarting starts again.
+    Reset {
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// Show a service's recent output (kept in memory: the last 1000 lines).
+    Logs {
+        service: String,
+        /// Number of lines.
+        #[arg(short = 'n', long = "lines", default_value_t = 50)]
+        n: usize,
+        /// Keep printing new lines until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Show recent events (starts, exits, restarts, failures, deploys).
+    Events {
+        /// Keep printing new events until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+        /// Number of recent events.
+        #[arg(short = 'n', long = "lines", default_value_t = 50)]
+        n: usize,
+    },
+    /// Deploy a release with a zero-downtime port swap (exit 0 only when it succeeded).
+    Deploy {
+        service: String,
+        #[arg(long)]
+        release: String,
+        /// Override the unit's deploy.timeout, e.g. "90s".
+        #[arg(long)]
+        timeout: Option<String>,
+        /// Return once the deploy has started instead of waiting for the result.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Switch back to the previous release (or --to a named one).
+    Rollback {
+        service: String,
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Show a service's deploy history.
+    History { service: String },
+    /// Re-read orchd.toml and the units; apply only what changed. Invalid config changes nothing.
+    Reload {
+        /// Show what would change without doing it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Send a test alert through every channel (or one).
+    AlertTest { channel: Option<String> },
+    /// Hold back alerts for a service (or `all`) for a while.
+    Silence {
+        target: String,
+        #[arg(long = "for", value_name = "DUR")]
+        duration: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// List active silences.
+    Silences,
+    /// End a silence.
+    Unsilence { id: String },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the orchctl(1) man page (roff).
+    Man,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("orchctl: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    ExitCode::from(rt.block_on(run(cli)))
+}
+
+fn to_command(cmd: Cmd) -> Result<Command, Cmd> {
+    Ok(match cmd {
+        Cmd::Status { services } => Command::Status { services },
+        Cmd::Start { services } => Command::Start { services },
+        Cmd::Stop { services } => Command::Stop { services },
+        Cmd::Restart { services } => Command::Restart { services },
+        Cmd::Reset { services } => Command::Reset { services },
+        Cmd::Logs { service, n, follow } => Command::Logs { service, n, follow },
+        Cmd::Events { follow, n } => Command::Events { follow, n },
+        Cmd::Deploy {
+            service,
+            release,
+            timeout,
+            detach,
+        } => Command::Deploy {
+            service,
+            release,
+            timeout,
+            detach,
+        },
+        Cmd::Rollback { service, to } => Command::Rollback { service, to },
+        Cmd::History { service } => Command::History { service },
+        Cmd::Reload { dry_run } => Command::Reload { dry_run },
+        Cmd::AlertTest { channel } => Command::AlertTest { channel },
+        Cmd::Silence {
+            target,
+            duration,
+            reason,
+        } => Command::Silence {
+            target,
+            duration,
+            reason,
+        },
+        Cmd::Silences => Command::Silences {},
+        Cmd::Unsilence { id } => Command::Unsilence { id },
+        other => return Err(other),
+    })
+}
+
+async fn run(cli: Cli) -> u8 {
+    let command = match to_command(cli.command) {
+        Ok(c) => c,
+        Err(Cmd::Completions { shell }) => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "orchctl",
+                &mut std::io::stdout(),
+            );
+            return 0;
+        }
+        Err(_) => {
+            let man = clap_mangen::Man::new(Cli::command());
+            return match man.render(&mut std::io::stdout()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("orchctl: {e}");
+                    1
+                }
+            };
+        }
+    };
+    let out = render::Output::new(
+        cli.json,
+        std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    );
+    match talk(&cli.socket, command, &out).await {
+        Ok(code) => code,
+        Err(e @ ClientError::Connect { .. }) => {
+            eprintln!("orchctl: {e}");
+            3
+        }
+        Err(e) => {
+            eprintln!("orchctl: {e}");
+            3
+        }
+    }
+}
+
+async fn talk(
+    socket: &std::path::Path,
+    command: Command,
+    out: &render::Output,
+) -> Result<u8, ClientError> {
+    let mut client = Client::connect(socket).await?;
+    let name = command.name();
+    client.send(command).await?;
+    loop {
+        let resp: Response = client.next().await?;
+        if let Some(err) = &resp.error {
+            out.error(err);
+            return Ok(err.code.exit_code());
+        }
+        let result = resp.result.unwrap_or(Value::Null);
+        if !resp.done {
+            out.partial(name, &result);
+            continue;
+        }
+        out.result(name, &result);
+        return Ok(0);
+    }
+}

@@ -21,7 +21,7 @@ pub use reload::ReloadReport;
 
 use crate::api::proto::{ApiError, ErrorCode};
 use crate::config::{Config, Unit, UnitEntry};
-use crate::state::{PersistedState, ServiceState};
+use crate::state::PersistedState;
 use crate::supervisor::logs::LogHub;
 use crate::supervisor::{self, DepWatch, ServiceStatus, Shared, State, SupervisorHandle};
 
@@ -215,13 +215,16 @@ impl Manager {
         }
         for (unit, tx, start) in created {
             let deps = self.dep_watches(&unit);
-            let handle = supervisor::spawn_supervisor(
-                unit.clone(),
-                self.release_of(&unit),
-                self.shared.clone(),
-                tx,
+            let spec = supervisor::SupervisorSpec {
+                unit: unit.clone(),
+                release: self.release_of(&unit),
+                status: tx,
                 deps,
                 start,
+            };
+            let handle = supervisor::spawn_supervisor(
+                spec,
+                self.shared.clone(),
                 self.cancel.clone(),
                 &self.tracker,
             );
@@ -367,7 +370,7 @@ impl Manager {
                 self.persisted
                     .services
                     .entry(name.clone())
-                    .or_insert_with(ServiceState::default)
+                    .or_default()
                     .stopped = op == Op::Stop;
             }
         }

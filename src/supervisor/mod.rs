@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use state::State;
-pub use task::{Shared, spawn_supervisor};
+pub use task::{Shared, SupervisorSpec, spawn_supervisor};
 
 use crate::config::Unit;
 

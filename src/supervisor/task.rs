@@ -30,6 +30,18 @@ pub struct Shared {
     pub journal: Option<Arc<Journal>>,
 }
 
+/// What a new supervisor starts from.
+pub struct SupervisorSpec {
+    pub unit: Arc<Unit>,
+    /// The release to run (persisted active release, else the unit's).
+    pub release: String,
+    /// Its status channel, created by the manager so dependents can watch it early.
+    pub status: watch::Sender<ServiceStatus>,
+    pub deps: Vec<DepWatch>,
+    /// Start right away (false: the operator had stopped it).
+    pub start: bool,
+}
+
 /// One running process of the service.
 #[derive(Debug)]
 struct Instance {
@@ -57,15 +69,18 @@ struct Supervisor {
 
 /// Start the supervisor task of `unit`, running `release`. It starts the service only when told.
 pub fn spawn_supervisor(
-    unit: Arc<Unit>,
-    release: String,
+    spec: SupervisorSpec,
     shared: Shared,
-    status: watch::Sender<ServiceStatus>,
-    deps: Vec<DepWatch>,
-    start: bool,
     cancel: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> SupervisorHandle {
+    let SupervisorSpec {
+        unit,
+        release,
+        status,
+        deps,
+        start,
+    } = spec;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (exits_tx, exits_rx) = mpsc::unbounded_channel();
     let logs = LogHub::spawn(&unit.name, shared.journal.clone());

@@ -1,0 +1,6 @@
+//! Integration tests: the real orchd and orchctl binaries, real processes, bounded waits.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+mod core;

@@ -1,0 +1,268 @@
+//! Test harness: a real orchd on a temp dir of units, driven through the real orchctl.
+#![allow(dead_code)] // each test module uses a different part of the harness
+//!
+//! Every wait is a condition polled against a deadline; nothing sleeps and hopes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const ORCHD: &str = env!("CARGO_BIN_EXE_orchd");
+pub const ORCHCTL: &str = env!("CARGO_BIN_EXE_orchctl");
+
+/// Poll `cond` every few ms until it holds or `timeout` passes; panics with `what` on timeout.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// Like [`wait_for`] but returns the value `f` produced.
+pub fn wait_some<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(v) = f() {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// A temp directory laid out as orchd expects: `orchd.toml`, `units/`, `state/`, `orchd.sock`.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub extra_config: String,
+}
+
+impl Setup {
+    pub fn new() -> Setup {
+        let dir = tempfile::Builder::new()
+            .prefix("orch-test-")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::create_dir(dir.path().join("units")).expect("units dir");
+        Setup {
+            dir,
+            extra_config: String::new(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path().join("orchd.sock")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("orchd.toml")
+    }
+
+    /// Write `units/<name>.toml`.
+    pub fn unit(&self, name: &str, body: &str) -> &Self {
+        std::fs::write(self.path().join("units").join(format!("{name}.toml")), body)
+            .expect("write unit");
+        self
+    }
+
+    pub fn remove_unit(&self, name: &str) {
+        std::fs::remove_file(self.path().join("units").join(format!("{name}.toml")))
+            .expect("remove unit");
+    }
+
+    /// A file in the test dir (for scripts and their records).
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path().join(name)
+    }
+
+    fn write_config(&self) {
+        let cfg = format!(
+            "units_dir = \"units\"\nstate_dir = \"state\"\n{}\n[api]\nsocket = \"orchd.sock\"\nsocket_group = \"\"\ndbus = \"off\"\n",
+            self.extra_config
+        );
+        let cfg = if self.extra_config.contains("[api]") {
+            format!(
+                "units_dir = \"units\"\nstate_dir = \"state\"\n{}\n",
+                self.extra_config
+            )
+        } else {
+            cfg
+        };
+        std::fs::write(self.config_path(), cfg).expect("write orchd.toml");
+    }
+
+    /// Start orchd and wait until its socket answers.
+    pub fn start(&self) -> Orchd {
+        self.write_config();
+        let log = self
+            .path()
+            .join(format!("orchd-{}.log", std::process::id()));
+        let child = Command::new(ORCHD)
+            .arg("--config")
+            .arg(self.config_path())
+            .env("ORCH_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn orchd");
+        let orchd = Orchd {
+            child: Some(child),
+            socket: self.socket(),
+            log,
+        };
+        wait_for("orchd's socket", Duration::from_secs(10), || {
+            std::os::unix::net::UnixStream::connect(&orchd.socket).is_ok()
+        });
+        orchd
+    }
+}
+
+/// A running orchd; killed (SIGKILL) on drop if still running.
+pub struct Orchd {
+    pub child: Option<Child>,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Orchd {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// Run orchctl with `args` against this orchd.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(ORCHCTL)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run orchctl")
+    }
+
+    /// `orchctl --json ARGS`, parsed; panics unless it exits 0.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.ctl(&all);
+        assert!(
+            out.status.success(),
+            "orchctl {args:?} failed: {}\n{}",
+            text(&out.stderr),
+            text(&out.stdout)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("bad JSON from orchctl {args:?}: {e}: {}", text(&out.stdout))
+        })
+    }
+
+    /// One service's status object.
+    pub fn status(&self, name: &str) -> Value {
+        self.json(&["status", name])["services"][0].clone()
+    }
+
+    pub fn state(&self, name: &str) -> String {
+        self.status(name)["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    pub fn pid_of(&self, name: &str) -> Option<i32> {
+        self.status(name)["pid"].as_i64().map(|p| p as i32)
+    }
+
+    /// Wait until `name` is in `state`.
+    pub fn wait_state(&self, name: &str, state: &str, timeout: Duration) {
+        let mut last = String::new();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            last = self.state(name);
+            if last == state {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!(
+            "{name} did not reach {state} within {timeout:?} (last: {last})\n--- orchd log ---\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Wait until `name` runs with a pid different from `old`.
+    pub fn wait_new_pid(&self, name: &str, old: Option<i32>, timeout: Duration) -> i32 {
+        wait_some(&format!("a new pid for {name}"), timeout, || {
+            let s = self.status(name);
+            let pid = s["pid"].as_i64().map(|p| p as i32);
+            (s["state"] == "running" && pid.is_some() && pid != old)
+                .then_some(pid)
+                .flatten()
+        })
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Send a signal to orchd.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal orchd");
+    }
+
+    /// SIGTERM and wait for exit; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("orchd already reaped");
+        let status = wait_some("orchd to exit", timeout, || child.try_wait().ok().flatten());
+        self.child = None;
+        status
+    }
+}
+
+impl Drop for Orchd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Is a process with this pid alive (and not a zombie)?
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Lines of a file written by a test service (empty if missing).
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Read a pid a test service wrote to `path`.
+pub fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
