@@ -125,6 +125,44 @@ async fn refuse(stream: UnixStream) {
 
 type Writer = FramedWrite<tokio::net::unix::OwnedWriteHalf, LinesCodec>;
 
+/// A bad line: reported to the client, and the connection goes on with the next line.
+#[derive(Debug)]
+enum BadLine {
+    TooLong,
+    NotUtf8,
+}
+
+/// `LinesCodec` with a length limit whose per-line errors are items, not stream errors (a
+/// `FramedRead` ends at its first error; one oversized request must not end the connection).
+struct RequestCodec(LinesCodec);
+
+impl tokio_util::codec::Decoder for RequestCodec {
+    type Item = Result<String, BadLine>;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut bytes::BytesMut) -> Result<Option<Self::Item>, Self::Error> {
+        lift(self.0.decode(buf))
+    }
+
+    fn decode_eof(&mut self, buf: &mut bytes::BytesMut) -> Result<Option<Self::Item>, Self::Error> {
+        lift(self.0.decode_eof(buf))
+    }
+}
+
+fn lift(
+    r: Result<Option<String>, LinesCodecError>,
+) -> Result<Option<Result<String, BadLine>>, std::io::Error> {
+    match r {
+        Ok(line) => Ok(line.map(Ok)),
+        Err(LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Err(BadLine::TooLong))),
+        // LinesCodec has consumed the line before it checks UTF-8.
+        Err(LinesCodecError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Ok(Some(Err(BadLine::NotUtf8)))
+        }
+        Err(LinesCodecError::Io(e)) => Err(e),
+    }
+}
+
 async fn send(
     w: &mut FramedWrite<impl tokio::io::AsyncWrite + Unpin, LinesCodec>,
     r: &Response,
@@ -145,7 +183,7 @@ async fn connection(stream: UnixStream, api: &ApiConfig, ctx: &Context) {
     };
     let rights = auth::rights(api, &caller);
     let (r, w) = stream.into_split();
-    let mut lines = FramedRead::new(r, LinesCodec::new_with_max_length(MAX_LINE));
+    let mut lines = FramedRead::new(r, RequestCodec(LinesCodec::new_with_max_length(MAX_LINE)));
     let mut w: Writer = FramedWrite::new(w, LinesCodec::new());
     loop {
         let next = match tokio::time::timeout(IDLE_TIMEOUT, lines.next()).await {
@@ -153,22 +191,19 @@ async fn connection(stream: UnixStream, api: &ApiConfig, ctx: &Context) {
             Ok(Some(next)) => next,
         };
         let line = match next {
-            Ok(line) => line,
-            Err(LinesCodecError::MaxLineLengthExceeded) => {
-                let e = ApiError::new(
-                    ErrorCode::BadRequest,
-                    format!("request line longer than {MAX_LINE} bytes"),
-                );
+            Ok(Ok(line)) => line,
+            Ok(Err(bad)) => {
+                let message = match bad {
+                    BadLine::TooLong => format!("request line longer than {MAX_LINE} bytes"),
+                    BadLine::NotUtf8 => "bad JSON: request line is not valid UTF-8".to_owned(),
+                };
+                let e = ApiError::new(ErrorCode::BadRequest, message);
                 if !send(&mut w, &Response::err(Value::Null, e)).await {
                     return;
                 }
                 continue;
             }
-            Err(LinesCodecError::Io(e)) => {
-                let e = ApiError::new(ErrorCode::BadRequest, format!("unreadable request: {e}"));
-                let _ = send(&mut w, &Response::err(Value::Null, e)).await;
-                return;
-            }
+            Err(_) => return,
         };
         if line.trim().is_empty() {
             continue;

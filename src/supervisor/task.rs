@@ -321,13 +321,15 @@ impl Supervisor {
             self.shared.daemon_id, name, self.slot, self.spawn_seq
         );
         let cgroup = match &self.shared.cgroups {
-            Some(root) => match root.instance(&format!("{name}.{}", self.slot)) {
-                Ok(dir) => Some(dir),
-                Err(e) => {
-                    tracing::warn!(service = %name, error = %e, "cannot create the instance cgroup; using the process group");
-                    None
+            Some(root) => {
+                match root.instance(&format!("{name}.{}.{}", self.slot, self.spawn_seq)) {
+                    Ok(dir) => Some(dir),
+                    Err(e) => {
+                        tracing::warn!(service = %name, error = %e, "cannot create the instance cgroup; using the process group");
+                        None
+                    }
                 }
-            },
+            }
             None => None,
         };
         let port = self.unit.deploy.as_ref().map(|d| d.ports[self.slot]);
@@ -409,7 +411,7 @@ impl Supervisor {
         let ready = state == State::Running && matches!(health, Health::None | Health::Healthy);
         let port = self.unit.deploy.as_ref().map(|d| d.ports[self.slot]);
         self.status.send_if_modified(|s| {
-            let changed_state = s.state != state;
+            let changed_state = s.state != state || s.pid != pid;
             let new = ServiceStatus {
                 name: self.unit.name.clone(),
                 state,

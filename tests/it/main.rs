@@ -3,4 +3,5 @@
 
 mod util;
 
+mod api;
 mod core;
