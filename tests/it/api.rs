@@ -109,7 +109,7 @@ fn exit_codes() {
     );
     // ORCH_SOCKET is honoured
     let out = Command::new(ORCHCTL)
-        .env("ORCH_SOCKET", &s.socket())
+        .env("ORCH_SOCKET", s.socket())
         .arg("status")
         .output()
         .unwrap();
@@ -181,7 +181,7 @@ fn logs_tail_and_follow() {
 
     let mut follow = Command::new(ORCHCTL)
         .arg("--socket")
-        .arg(&s.socket())
+        .arg(s.socket())
         .args(["logs", "talker", "-f", "-n", "0"])
         .stdout(Stdio::piped())
         .spawn()
@@ -216,7 +216,7 @@ fn events_follow_sees_a_restart() {
     orchd.wait_new_pid("api", None, T);
     let mut follow = Command::new(ORCHCTL)
         .arg("--socket")
-        .arg(&s.socket())
+        .arg(s.socket())
         .args(["--json", "events", "-f"])
         .stdout(Stdio::piped())
         .spawn()
