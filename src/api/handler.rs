@@ -123,7 +123,7 @@ async fn logs(
     partial: mpsc::Sender<Value>,
 ) -> Result<Value, ApiError> {
     let hub = ctx.manager.logs(service).await?;
-    let mut live = follow.then(|| hub.follow());
+    let mut live = if follow { hub.follow().await } else { None };
     let lines = hub.tail(n).await;
     let Some(live) = live.as_mut() else {
         return Ok(json!({ "lines": lines }));

@@ -12,7 +12,6 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Lines kept per service.
@@ -44,27 +43,30 @@ enum Cmd {
         n: usize,
         reply: oneshot::Sender<Vec<LogLine>>,
     },
+    Follow {
+        reply: oneshot::Sender<broadcast::Receiver<LogLine>>,
+    },
 }
+
+/// Lines a follower may fall behind before it is told it skipped some.
+const FOLLOW_BUFFER: usize = 1024;
 
 /// Cheap-clone handle to one service's log hub.
 #[derive(Clone, Debug)]
 pub struct LogHub {
     service: Arc<str>,
     tx: mpsc::Sender<Cmd>,
-    follow: broadcast::Sender<LogLine>,
 }
 
 impl LogHub {
     /// Start the hub task for `service`; it ends when every handle is dropped.
     pub fn spawn(service: &str, journal: Option<Arc<Journal>>) -> LogHub {
         let (tx, rx) = mpsc::channel(1024);
-        let (follow, _) = broadcast::channel(1024);
         let hub = LogHub {
             service: service.into(),
             tx,
-            follow: follow.clone(),
         };
-        tokio::spawn(run_hub(rx, follow, hub.service.clone(), journal));
+        tokio::spawn(run_hub(rx, hub.service.clone(), journal));
         hub
     }
 
@@ -77,9 +79,11 @@ impl LogHub {
         rx.await.unwrap_or_default()
     }
 
-    /// New lines from now on.
-    pub fn follow(&self) -> broadcast::Receiver<LogLine> {
-        self.follow.subscribe()
+    /// New lines from now on; `None` if the hub is gone.
+    pub async fn follow(&self) -> Option<broadcast::Receiver<LogLine>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Cmd::Follow { reply }).await.ok()?;
+        rx.await.ok()
     }
 
     /// Record a line orchd itself writes into the service's log (e.g. "[orchd] started").
@@ -105,35 +109,26 @@ impl LogHub {
         });
     }
 
-    async fn read_pipe(
-        &self,
-        mut pipe: tokio::net::unix::pipe::Receiver,
-        stream: Stream,
-        pid: i32,
-    ) {
-        let mut buf = vec![0u8; 64 * 1024];
+    async fn read_pipe(&self, pipe: tokio::net::unix::pipe::Receiver, stream: Stream, pid: i32) {
         let mut partial: Vec<u8> = Vec::new();
         let mut dropped = 0usize;
         loop {
-            let n = match pipe.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let mut rest = &buf[..n];
-            while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
-                let take = (MAX_LINE - partial.len().min(MAX_LINE)).min(pos);
-                partial.extend_from_slice(&rest[..take]);
-                self.emit(&mut partial, stream, pid, &mut dropped);
-                rest = &rest[pos + 1..];
+            if pipe.readable().await.is_err() {
+                break;
             }
-            // No newline in what is left: keep at most MAX_LINE bytes, then cut a line.
-            while !rest.is_empty() {
-                let take = (MAX_LINE - partial.len()).min(rest.len());
-                partial.extend_from_slice(&rest[..take]);
-                rest = &rest[take..];
-                if partial.len() >= MAX_LINE {
-                    self.emit(&mut partial, stream, pid, &mut dropped);
-                }
+            // The chunk lives only between awaits, so an idle service's reader task holds no
+            // buffer: 100 quiet services cost no 64 KiB each.
+            let mut chunk = [0u8; 16 * 1024];
+            let n = match pipe.try_read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => break,
+            };
+            self.split_lines(&chunk[..n], &mut partial, stream, pid, &mut dropped);
+            if partial.is_empty() {
+                // Give back the line buffer between bursts (Vec::new does not allocate).
+                partial = Vec::new();
             }
         }
         if !partial.is_empty() {
@@ -146,6 +141,33 @@ impl LogHub {
                     "[orchd] {dropped} lines of output were dropped: the log could not keep up"
                 ),
             );
+        }
+    }
+
+    /// Cut `data` into lines (at newlines, or every [`MAX_LINE`] bytes), carrying the unfinished
+    /// rest in `partial`.
+    fn split_lines(
+        &self,
+        data: &[u8],
+        partial: &mut Vec<u8>,
+        stream: Stream,
+        pid: i32,
+        dropped: &mut usize,
+    ) {
+        let mut rest = data;
+        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+            let take = (MAX_LINE - partial.len().min(MAX_LINE)).min(pos);
+            partial.extend_from_slice(&rest[..take]);
+            self.emit(partial, stream, pid, dropped);
+            rest = &rest[pos + 1..];
+        }
+        while !rest.is_empty() {
+            let take = (MAX_LINE - partial.len()).min(rest.len());
+            partial.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if partial.len() >= MAX_LINE {
+                self.emit(partial, stream, pid, dropped);
+            }
         }
     }
 
@@ -184,13 +206,10 @@ fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
-async fn run_hub(
-    mut rx: mpsc::Receiver<Cmd>,
-    follow: broadcast::Sender<LogLine>,
-    service: Arc<str>,
-    journal: Option<Arc<Journal>>,
-) {
-    let mut ring: VecDeque<LogLine> = VecDeque::with_capacity(64);
+async fn run_hub(mut rx: mpsc::Receiver<Cmd>, service: Arc<str>, journal: Option<Arc<Journal>>) {
+    let mut ring: VecDeque<LogLine> = VecDeque::new();
+    // Created on the first `logs -f`: a broadcast buffer per idle service would cost memory.
+    let mut follow: Option<broadcast::Sender<LogLine>> = None;
     while let Some(cmd) = rx.recv().await {
         match cmd {
             Cmd::Line(line) => {
@@ -203,12 +222,20 @@ async fn run_hub(
                 if ring.len() == RING_LINES {
                     ring.pop_front();
                 }
-                let _ = follow.send(line.clone());
+                if let Some(f) = &follow {
+                    if f.send(line.clone()).is_err() {
+                        follow = None;
+                    }
+                }
                 ring.push_back(line);
             }
             Cmd::Tail { n, reply } => {
                 let skip = ring.len().saturating_sub(n);
                 let _ = reply.send(ring.iter().skip(skip).cloned().collect());
+            }
+            Cmd::Follow { reply } => {
+                let f = follow.get_or_insert_with(|| broadcast::channel(FOLLOW_BUFFER).0);
+                let _ = reply.send(f.subscribe());
             }
         }
     }
