@@ -1,4 +1,30 @@
 //! orch — a process supervisor for one production Linux VM.
+//!
+//! Two binaries share this library: `orchd` (the daemon) and `orchctl` (its CLI).
+//!
+//! ```text
+//! unit files + orchd.toml ──> config (parse, validate: FILE:LINE:COL errors)
+//!                                   │
+//!  api::socket ──Command──> api::handler ──> manager (registry, order, reload, state.json)
+//!        ▲                                      │ commands (mpsc)     ▲ status (watch)
+//!        │                                      ▼                     │
+//!        │                          supervisor task per service ──────┘
+//!        │                          (state::Machine, instance, logs::LogHub)
+//!        │                                      │ spawn / exits
+//!        │                          process::Spawner thread (fork+exec, PDEATHSIG)
+//!        │                          reaper thread (SIGCHLD, waitpid(-1)), cgroups
+//!        └──────── events (event::EventBus broadcast) <───────┘
+//! ```
+//!
+//! - [`config`]: the serde mirror of orchd.toml and units, validation into typed units.
+//! - [`supervisor`]: one task per service; [`supervisor::state`] is the pure state machine.
+//! - [`manager`]: the registry; routes requests; dependency order; reload diff.
+//! - [`api`]: wire protocol, authorization by peer credentials, socket server, client.
+//! - [`event`]: facts on one broadcast bus, and the recent-events log.
+//! - [`state`]: persisted per-service state, written atomically.
+//! - [`daemon`]: start-up, signals, readiness, watchdog, shutdown.
+//! - [`ctl`]: `orchctl`'s human and JSON output.
+
 pub mod api;
 pub mod config;
 pub mod ctl;
@@ -9,9 +35,4 @@ pub mod state;
 pub mod supervisor;
 
 /// Version with the git commit it was built from, e.g. `0.1.0 (abc1234)`.
-pub const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (",
-    env!("ORCH_GIT_COMMIT"),
-    ")"
-);
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ORCH_GIT_COMMIT"), ")");
