@@ -18,6 +18,7 @@ use crate::api::handler::Context;
 use crate::api::socket;
 use crate::config::Config;
 use crate::event::{EventBus, EventLog};
+use crate::health::ProbeClients;
 use crate::manager::{Manager, ManagerHandle};
 use crate::supervisor::cgroup::{self, CgroupRoot};
 use crate::supervisor::logs::Journal;
@@ -79,6 +80,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let bus = EventBus::new(1024);
     let events = EventLog::spawn(&bus, 1000);
     let shared = Shared {
+        probes: ProbeClients::new(spawner.clone()),
         spawner,
         cgroups,
         bus: bus.clone(),

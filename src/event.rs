@@ -26,10 +26,10 @@ pub enum EventKind {
     SpawnFailed { error: String },
     /// The service was stopped (by an operator, a reload or shutdown).
     Stopped,
-    /// A health probe result turned the service unhealthy.
-    Unhealthy { detail: String },
-    /// The service is healthy again (or for the first time).
-    Healthy { detail: String },
+    /// Health probes turned the service unhealthy; `probe` is the last result.
+    Unhealthy { probe: crate::health::ProbeResult },
+    /// The service is healthy (for the first time since it started, or again).
+    Healthy { probe: crate::health::ProbeResult },
     /// Processes were found and killed that a service (or a previous orchd) left behind.
     OrphansKilled { count: usize },
 }

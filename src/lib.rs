@@ -30,9 +30,15 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod event;
+pub mod health;
 pub mod manager;
 pub mod state;
 pub mod supervisor;
 
 /// Version with the git commit it was built from, e.g. `0.1.0 (abc1234)`.
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ORCH_GIT_COMMIT"), ")");
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("ORCH_GIT_COMMIT"),
+    ")"
+);

@@ -67,6 +67,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     };
+    // reqwest (health checks) and lettre use rustls without a built-in crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -241,6 +241,15 @@ impl Manager {
             .unwrap_or_else(|| unit.release.clone())
     }
 
+    /// How long dependents wait for `name` to become healthy.
+    fn health_bound(&self, name: &str) -> Option<Duration> {
+        let Some(UnitEntry::Ok(unit)) = self.config.units.get(name) else {
+            return None;
+        };
+        let h = unit.health.as_ref()?;
+        Some(h.start_period + h.interval * h.retries + h.timeout)
+    }
+
     fn dep_watches(&self, unit: &Unit) -> Vec<DepWatch> {
         let mut deps = Vec::new();
         for (names, required) in [(&unit.requires, true), (&unit.after, false)] {
@@ -250,6 +259,7 @@ impl Manager {
                         name: name.clone(),
                         required,
                         status: entry.status(),
+                        health_bound: self.health_bound(name),
                     });
                 }
             }

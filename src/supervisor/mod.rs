@@ -6,7 +6,9 @@
 //! [`state::Machine`] and performs the actions it returns.
 
 pub mod cgroup;
+pub mod deps;
 pub mod logs;
+mod probing;
 pub mod process;
 pub mod restart;
 pub mod spec;
@@ -67,6 +69,15 @@ pub struct ServiceStatus {
     pub port: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The most recent health probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_probe: Option<crate::health::ProbeResult>,
+    /// The most recent failed probe of the running instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<crate::health::ProbeResult>,
+    /// The last 10 probe results, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<crate::health::ProbeResult>,
 }
 
 impl ServiceStatus {
@@ -85,6 +96,9 @@ impl ServiceStatus {
             ready: false,
             port: None,
             description: None,
+            last_probe: None,
+            last_failure: None,
+            probes: Vec::new(),
         }
     }
 
@@ -143,6 +157,9 @@ pub struct DepWatch {
     /// `requires` (true) or only `after` (false).
     pub required: bool,
     pub status: watch::Receiver<ServiceStatus>,
+    /// For a dependency with a health check: how long a dependent waits for it to become
+    /// healthy (`start_period + retries × interval + timeout`) before giving up.
+    pub health_bound: Option<std::time::Duration>,
 }
 
 /// Cheap-clone handle to one supervisor task.

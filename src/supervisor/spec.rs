@@ -51,6 +51,16 @@ pub struct InstanceParams {
 /// The spawn spec for `unit`'s instance.
 pub fn build(unit: &Unit, p: &InstanceParams) -> Result<SpawnSpec, SpecError> {
     let exec = unit.exec.as_ref().ok_or(SpecError::NoExec)?;
+    build_argv(unit, exec, p)
+}
+
+/// A spawn spec running `exec` (templates) in `unit`'s environment: the service's own command,
+/// or an exec health probe.
+pub fn build_argv(
+    unit: &Unit,
+    exec: &[String],
+    p: &InstanceParams,
+) -> Result<SpawnSpec, SpecError> {
     let argv = exec
         .iter()
         .map(|a| substitute(a, p.port, &p.release))

@@ -11,6 +11,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::cgroup::{self, CgroupRoot};
+use super::deps;
 use super::logs::{Journal, LogHub, Stream};
 use super::process::{ExitInfo, Spawner, signal_group};
 use super::spec::{self, InstanceParams};
@@ -18,6 +19,7 @@ use super::state::{Action, Ctx, Deps, Input, Machine, State, describe_exit};
 use super::{Command, DepWatch, Health, Op, ServiceStatus, SupervisorHandle, now_rfc3339};
 use crate::config::Unit;
 use crate::event::{Event, EventBus, EventKind};
+use crate::health::{ProbeClients, ProbeResult, Tracker};
 
 /// What every supervisor shares: the spawner, containment, the bus.
 #[derive(Clone)]
@@ -28,6 +30,7 @@ pub struct Shared {
     /// Identifies this orchd's processes (`ORCH_INSTANCE=<daemon_id>/…`).
     pub daemon_id: String,
     pub journal: Option<Arc<Journal>>,
+    pub probes: ProbeClients,
 }
 
 /// What a new supervisor starts from.
@@ -44,27 +47,38 @@ pub struct SupervisorSpec {
 
 /// One running process of the service.
 #[derive(Debug)]
-struct Instance {
-    pid: i32,
-    marker: String,
+pub(super) struct Instance {
+    pub(super) pid: i32,
+    pub(super) marker: String,
     cgroup: Option<PathBuf>,
 }
 
-struct Supervisor {
-    unit: Arc<Unit>,
-    shared: Shared,
-    machine: Machine,
-    release: String,
-    slot: usize,
+pub(super) struct Supervisor {
+    pub(super) unit: Arc<Unit>,
+    pub(super) shared: Shared,
+    pub(super) machine: Machine,
+    pub(super) release: String,
+    pub(super) slot: usize,
     spawn_seq: u64,
-    instance: Option<Instance>,
+    pub(super) instance: Option<Instance>,
     /// The instance whose main process just exited, while its exit is being handled: its
     /// leftovers (the rest of its group, its cgroup) are still to be killed.
     dying: Option<Instance>,
     deps: Vec<DepWatch>,
+    /// When this service started waiting for its dependencies (bounds the wait for health).
+    waiting_since: Option<Instant>,
+    /// When to evaluate the dependencies again although none changed (a health bound expires).
+    dep_recheck: Option<Instant>,
     status: watch::Sender<ServiceStatus>,
     logs: LogHub,
     exits_tx: mpsc::UnboundedSender<ExitInfo>,
+    /// Health of the running instance (None: no check, or not running).
+    pub(super) health: Option<Tracker>,
+    /// Stops the running instance's prober.
+    pub(super) prober: Option<CancellationToken>,
+    /// Identifies the current prober's results; older ones are ignored.
+    pub(super) probe_tag: u64,
+    pub(super) probe_tx: mpsc::Sender<(u64, ProbeResult)>,
 }
 
 /// Start the supervisor task of `unit`, running `release`. It starts the service only when told.
@@ -91,6 +105,7 @@ pub fn spawn_supervisor(
         logs: logs.clone(),
     };
     let machine = Machine::new(unit.restart.clone(), unit.stop.clone());
+    let (probe_tx, probe_rx) = mpsc::channel(16);
     let sup = Supervisor {
         unit,
         shared,
@@ -101,11 +116,17 @@ pub fn spawn_supervisor(
         instance: None,
         dying: None,
         deps,
+        waiting_since: None,
+        dep_recheck: None,
         status,
         logs,
         exits_tx,
+        health: None,
+        prober: None,
+        probe_tag: 0,
+        probe_tx,
     };
-    tracker.spawn(sup.run(cmd_rx, exits_rx, start, cancel));
+    tracker.spawn(sup.run(cmd_rx, exits_rx, probe_rx, start, cancel));
     handle
 }
 
@@ -114,18 +135,21 @@ impl Supervisor {
         mut self,
         mut commands: mpsc::UnboundedReceiver<Command>,
         mut exits: mpsc::UnboundedReceiver<ExitInfo>,
+        mut probes: mpsc::Receiver<(u64, ProbeResult)>,
         start: bool,
         cancel: CancellationToken,
     ) {
         let (dep_tx, mut dep_rx) = mpsc::channel::<()>(1);
         let mut dep_watchers = self.watch_deps(&dep_tx);
-        let mut first = vec![Input::DepsChanged(self.eval_deps())];
+        let deps = self.eval_deps();
+        let mut first = vec![Input::DepsChanged(deps)];
         if start {
             first.push(Input::Start);
         }
         self.feed_all(first).await;
         loop {
             let deadline = self.machine.deadline();
+            let recheck = self.dep_recheck;
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     Some(Command::Reconfigure { unit, deps, restart }) => {
@@ -144,10 +168,16 @@ impl Supervisor {
                     let deps = self.eval_deps();
                     self.feed(Input::DepsChanged(deps)).await;
                 }
+                _ = async { sleep_until(recheck.unwrap_or_else(Instant::now)).await }, if recheck.is_some() => {
+                    let deps = self.eval_deps();
+                    self.feed(Input::DepsChanged(deps)).await;
+                }
+                Some((tag, result)) = probes.recv() => self.on_probe(tag, result).await,
                 _ = cancel.cancelled() => break,
             }
         }
         // orchd is going away without a graceful stop of this service: leave nothing behind.
+        self.stop_probing();
         if let Some(inst) = self.instance.take() {
             self.kill_all(&inst);
         }
@@ -167,39 +197,12 @@ impl Supervisor {
         set
     }
 
-    fn eval_deps(&self) -> Deps {
-        let mut waiting = Vec::new();
-        for dep in &self.deps {
-            let s = dep.status.borrow();
-            if s.ready || (dep.required && s.state == State::Exited) {
-                continue;
-            }
-            let starting = s.want_up
-                && matches!(
-                    s.state,
-                    State::Inactive | State::Starting | State::Running | State::Backoff
-                );
-            if !dep.required {
-                if starting {
-                    waiting.push(format!("{} ({})", dep.name, s.state));
-                }
-                continue;
-            }
-            match s.state {
-                State::Failed | State::BadSetting => {
-                    return Deps::Blocked(format!("{} is {}", dep.name, s.state));
-                }
-                _ if !s.want_up => {
-                    return Deps::Blocked(format!("{} is {} (not started)", dep.name, s.state));
-                }
-                _ => waiting.push(format!("{} ({})", dep.name, s.state)),
-            }
-        }
-        if waiting.is_empty() {
-            Deps::Ready
-        } else {
-            Deps::Waiting(waiting.join(", "))
-        }
+    fn eval_deps(&mut self) -> Deps {
+        let now = Instant::now();
+        let since = *self.waiting_since.get_or_insert(now);
+        let verdict = deps::evaluate(&self.deps, since, now);
+        self.dep_recheck = verdict.recheck_at;
+        verdict.deps
     }
 
     async fn on_command(&mut self, cmd: Command) {
@@ -222,9 +225,14 @@ impl Supervisor {
     async fn reconfigure(&mut self, unit: Arc<Unit>, deps: Vec<DepWatch>, restart: bool) {
         self.machine
             .reconfigure(unit.restart.clone(), unit.stop.clone());
+        let health_changed = self.unit.health != unit.health;
         self.unit = unit;
         self.deps = deps;
-        self.feed(Input::DepsChanged(self.eval_deps())).await;
+        if health_changed {
+            self.restart_probing();
+        }
+        let deps = self.eval_deps();
+        self.feed(Input::DepsChanged(deps)).await;
         if restart && self.machine.want_up() {
             self.feed(Input::Restart).await;
         }
@@ -244,6 +252,7 @@ impl Supervisor {
             code: exit.code,
             signal: exit.signal.map(|s| s.as_str().to_owned()),
         });
+        self.stop_probing();
         self.dying = self.instance.take();
         self.feed(Input::Exited {
             code: exit.code,
@@ -254,7 +263,7 @@ impl Supervisor {
     }
 
     /// Step the machine and perform its actions, including those that performing them causes.
-    async fn feed(&mut self, input: Input) {
+    pub(super) async fn feed(&mut self, input: Input) {
         self.feed_all(vec![input]).await;
     }
 
@@ -271,6 +280,10 @@ impl Supervisor {
                     queue.push_back(next);
                 }
             }
+        }
+        if self.machine.state() != State::Starting {
+            self.waiting_since = None;
+            self.dep_recheck = None;
         }
         self.publish_status();
     }
@@ -312,6 +325,7 @@ impl Supervisor {
 
     async fn spawn(&mut self) -> Input {
         if self.unit.is_monitor_only() {
+            self.start_probing(None);
             return Input::Spawned { pid: 0 };
         }
         self.spawn_seq += 1;
@@ -366,6 +380,7 @@ impl Supervisor {
                     pid,
                     release: self.release.clone(),
                 });
+                self.start_probing(port);
                 Input::Spawned { pid }
             }
             Err(e) => Input::SpawnFailed {
@@ -399,16 +414,22 @@ impl Supervisor {
         }
     }
 
-    fn publish(&self, kind: EventKind) {
+    pub(super) fn publish(&self, kind: EventKind) {
         self.shared.bus.publish(Event::now(&self.unit.name, kind));
     }
 
-    fn publish_status(&self) {
+    pub(super) fn publish_status(&self) {
         let m = &self.machine;
         let state = m.state();
         let pid = self.instance.as_ref().map(|i| i.pid).filter(|&p| p > 0);
-        let health = Health::None;
+        let health = self.health.as_ref().map_or(Health::None, Tracker::health);
         let ready = state == State::Running && matches!(health, Health::None | Health::Healthy);
+        let probes: Vec<ProbeResult> = self
+            .health
+            .iter()
+            .flat_map(|t| t.results().cloned())
+            .collect();
+        let last_failure = self.health.as_ref().and_then(|t| t.last_failure().cloned());
         let port = self.unit.deploy.as_ref().map(|d| d.ports[self.slot]);
         self.status.send_if_modified(|s| {
             let changed_state = s.state != state || s.pid != pid;
@@ -429,6 +450,9 @@ impl Supervisor {
                 ready,
                 port,
                 description: self.unit.description.clone(),
+                last_probe: probes.last().cloned(),
+                last_failure: last_failure.clone(),
+                probes: probes.clone(),
             };
             if *s == new {
                 return false;

@@ -5,3 +5,5 @@ mod util;
 
 mod api;
 mod core;
+mod health;
+mod stub;
