@@ -7,7 +7,7 @@ use std::io::Write;
 use serde_json::Value;
 
 use crate::api::proto::ApiError;
-use crate::supervisor::ServiceStatus;
+use crate::supervisor::{Health, ServiceStatus};
 
 /// How to print.
 pub struct Output {
@@ -152,6 +152,20 @@ impl Output {
             if let Some(reason) = &s.reason {
                 for l in reason.lines() {
                     out.push_str(&format!("  └ {l}\n"));
+                }
+            }
+            if let Some(f) = s
+                .last_failure
+                .as_ref()
+                .filter(|_| s.health != Health::Healthy)
+            {
+                out.push_str(&format!("  └ last failed probe {}: {f}\n", f.time));
+            }
+            if list.len() == 1 && !s.probes.is_empty() {
+                out.push_str("  probes (oldest first):\n");
+                for p in &s.probes {
+                    let mark = if p.ok { "ok  " } else { "FAIL" };
+                    out.push_str(&format!("    {} {mark} {p}\n", p.time));
                 }
             }
         }
