@@ -33,6 +33,9 @@ pub const OBJECT_PATH: &str = "/io/orchd/Manager1";
 /// The interface of that object.
 pub const INTERFACE: &str = "io.orchd.Manager1";
 
+/// How long shutdown waits for the bus to take the name back.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Errors that keep the D-Bus API from coming up (orchd runs on without it).
 #[derive(Debug, thiserror::Error)]
 pub enum DbusError {
@@ -374,7 +377,10 @@ pub async fn serve(api: Arc<ApiConfig>, ctx: Context, cancel: CancellationToken)
         _ = cancel.cancelled() => {}
         _ = follow_services(ctx, emitter) => {}
     }
-    let _ = conn.release_name(BUS_NAME).await;
+    // Hand the name back promptly so a restarted orchd can take it; a stuck bus must not hold
+    // up the shutdown.
+    let release = conn.release_name(BUS_NAME);
+    let _ = tokio::time::timeout(RELEASE_WAIT, release).await;
 }
 
 /// Connect, serve the object, then take the name (so no call arrives before the object exists).
