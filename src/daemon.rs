@@ -2,7 +2,8 @@
 //!
 //! Start: become a child subreaper, take the socket (refusing if another orchd has it), kill
 //! whatever a previous orchd with this state dir left behind, start the manager (which starts
-//! the services), notify `READY=1`. SIGHUP reloads. SIGTERM/SIGINT stop services in reverse
+//! the services), serve the API on the socket and (unless `dbus = "off"`) on D-Bus, notify
+//! `READY=1`. SIGHUP reloads. SIGTERM/SIGINT stop services in reverse
 //! dependency order and exit; a second one skips the graceful wait.
 
 use std::path::PathBuf;
@@ -15,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::handler::Context;
-use crate::api::socket;
-use crate::config::Config;
+use crate::api::{dbus, socket};
+use crate::config::{Config, DbusMode};
 use crate::event::{EventBus, EventLog};
 use crate::health::ProbeClients;
 use crate::manager::{Manager, ManagerHandle};
@@ -98,6 +99,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         bus,
         events,
     };
+    if api.dbus != DbusMode::Off {
+        tracker.spawn(dbus::serve(api.clone(), ctx.clone(), cancel.child_token()));
+    }
     let server_cancel = cancel.child_token();
     tracker.spawn(socket::serve(
         listener,

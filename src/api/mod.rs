@@ -1,6 +1,8 @@
-//! The control plane: wire protocol, authorization, request handling, socket server, client.
+//! The control plane: wire protocol, authorization, request handling, socket server, D-Bus
+//! adapter, client.
 pub mod auth;
 pub mod client;
+pub mod dbus;
 pub mod handler;
 pub mod proto;
 pub mod socket;

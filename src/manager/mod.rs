@@ -46,6 +46,11 @@ pub enum Msg {
         service: String,
         reply: oneshot::Sender<Result<LogHub, ApiError>>,
     },
+    /// The status watches of `services` (all when empty), for front ends that follow changes.
+    Watch {
+        services: Vec<String>,
+        reply: oneshot::Sender<Result<Vec<watch::Receiver<ServiceStatus>>, ApiError>>,
+    },
     Reload {
         dry_run: bool,
         reply: oneshot::Sender<Result<ReloadReport, ApiError>>,
@@ -93,6 +98,16 @@ impl ManagerHandle {
     }
     pub async fn logs(&self, service: String) -> Result<LogHub, ApiError> {
         self.ask(|reply| Msg::Logs { service, reply })
+            .await
+            .unwrap_or_else(|| Err(gone()))
+    }
+    /// Follow the status of `services` (all when empty): each receiver sees every published
+    /// change, and closes when the service is removed.
+    pub async fn watch(
+        &self,
+        services: Vec<String>,
+    ) -> Result<Vec<watch::Receiver<ServiceStatus>>, ApiError> {
+        self.ask(|reply| Msg::Watch { services, reply })
             .await
             .unwrap_or_else(|| Err(gone()))
     }
@@ -283,6 +298,9 @@ impl Manager {
                 Msg::Logs { service, reply } => {
                     let _ = reply.send(self.logs(&service));
                 }
+                Msg::Watch { services, reply } => {
+                    let _ = reply.send(self.watch(&services));
+                }
                 Msg::Reload { dry_run, reply } => {
                     let _ = reply.send(self.reload(dry_run));
                 }
@@ -331,6 +349,15 @@ impl Manager {
             .iter()
             .filter_map(|n| self.services.get(n))
             .map(|e| e.status().borrow().clone())
+            .collect())
+    }
+
+    fn watch(&self, services: &[String]) -> Result<Vec<watch::Receiver<ServiceStatus>>, ApiError> {
+        let names = self.lookup(services)?;
+        Ok(names
+            .iter()
+            .filter_map(|n| self.services.get(n))
+            .map(Entry::status)
             .collect())
     }
 

@@ -5,5 +5,6 @@ mod util;
 
 mod api;
 mod core;
+mod dbus;
 mod health;
 mod stub;

@@ -40,6 +40,10 @@ pub fn wait_some<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option
 pub struct Setup {
     pub dir: tempfile::TempDir,
     pub extra_config: String,
+    /// `[api] dbus` in the generated config (unless `extra_config` has its own `[api]`).
+    pub dbus: String,
+    /// Extra environment for orchd (e.g. `DBUS_SESSION_BUS_ADDRESS`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Setup {
@@ -52,6 +56,8 @@ impl Setup {
         Setup {
             dir,
             extra_config: String::new(),
+            dbus: "off".into(),
+            env: Vec::new(),
         }
     }
 
@@ -86,8 +92,8 @@ impl Setup {
 
     fn write_config(&self) {
         let cfg = format!(
-            "units_dir = \"units\"\nstate_dir = \"state\"\n{}\n[api]\nsocket = \"orchd.sock\"\nsocket_group = \"\"\ndbus = \"off\"\n",
-            self.extra_config
+            "units_dir = \"units\"\nstate_dir = \"state\"\n{}\n[api]\nsocket = \"orchd.sock\"\nsocket_group = \"\"\ndbus = \"{}\"\n",
+            self.extra_config, self.dbus
         );
         let cfg = if self.extra_config.contains("[api]") {
             format!(
@@ -110,6 +116,7 @@ impl Setup {
             .arg("--config")
             .arg(self.config_path())
             .env("ORCH_LOG", "debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
