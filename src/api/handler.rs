@@ -128,13 +128,17 @@ async fn logs(
     let Some(live) = live.as_mut() else {
         return Ok(json!({ "lines": lines }));
     };
+    let mut last = 0;
     for line in lines {
+        last = line.seq;
         if partial.send(json!({ "line": line })).await.is_err() {
             return Ok(Value::Null);
         }
     }
     loop {
         let item = match live.recv().await {
+            // Lines that arrived between subscribing and reading the tail: already printed.
+            Ok(line) if line.seq <= last => continue,
             Ok(line) => json!({ "line": line }),
             Err(broadcast::error::RecvError::Lagged(n)) => json!({ "skipped": n }),
             Err(broadcast::error::RecvError::Closed) => {

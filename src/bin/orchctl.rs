@@ -179,13 +179,13 @@ async fn run(cli: Cli) -> u8 {
     let command = match to_command(cli.command) {
         Ok(c) => c,
         Err(Cmd::Completions { shell }) => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "orchctl",
-                &mut std::io::stdout(),
-            );
-            return 0;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "orchctl", &mut script);
+            // A closed pipe (`| head`) is not worth a panic.
+            return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Ok(()) => 0,
+                Err(_) => 1,
+            };
         }
         Err(_) => {
             let man = clap_mangen::Man::new(Cli::command());
@@ -204,9 +204,9 @@ async fn run(cli: Cli) -> u8 {
     );
     match talk(&cli.socket, command, &out).await {
         Ok(code) => code,
-        Err(e @ ClientError::Connect { .. }) => {
+        Err(e @ ClientError::Protocol(_)) => {
             eprintln!("orchctl: {e}");
-            3
+            1
         }
         Err(e) => {
             eprintln!("orchctl: {e}");

@@ -203,7 +203,14 @@ impl Manager {
                         .collect::<Vec<_>>()
                         .join("\n");
                     tracing::error!(service = %name, "unit is invalid, not started:\n{text}");
-                    let (tx, _) = watch::channel(ServiceStatus::bad_setting(&name, text));
+                    let status = ServiceStatus::bad_setting(&name, text);
+                    let tx = match self.services.remove(&name) {
+                        Some(Entry::Bad { status: tx }) => {
+                            tx.send_replace(status);
+                            tx
+                        }
+                        _ => watch::channel(status).0,
+                    };
                     self.services.insert(name, Entry::Bad { status: tx });
                 }
                 UnitEntry::Ok(unit) => {
@@ -216,7 +223,15 @@ impl Manager {
                     let release = self.release_of(&unit);
                     let mut initial = ServiceStatus::new(&name, &release);
                     initial.want_up = start;
-                    let (tx, _) = watch::channel(initial);
+                    // A unit that was bad and is fixed by a reload keeps its status channel:
+                    // its dependents already watch it.
+                    let tx = match self.services.remove(&name) {
+                        Some(Entry::Bad { status }) => {
+                            status.send_replace(initial);
+                            status
+                        }
+                        _ => watch::channel(initial).0,
+                    };
                     pending.push((unit, tx, start));
                 }
             }
@@ -397,8 +412,16 @@ impl Manager {
             }
         }
         for name in &names {
-            let Some(Entry::Supervised { handle, .. }) = self.services.get(name) else {
-                continue;
+            let handle = match self.services.get(name) {
+                Some(Entry::Supervised { handle, .. }) => handle,
+                // Stop/reset of an invalid unit: nothing to do; report it as it is.
+                Some(Entry::Bad { status }) => {
+                    let (ack, acked) = oneshot::channel();
+                    let _ = ack.send(());
+                    out.push((status.subscribe(), acked));
+                    continue;
+                }
+                None => continue,
             };
             let (ack, acked) = oneshot::channel();
             handle.send(supervisor::Command::Control { op, ack: Some(ack) });

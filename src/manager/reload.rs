@@ -57,7 +57,7 @@ pub fn plan(old: &Config, new: &Config) -> ReloadReport {
     }
     if a.state_dir != b.state_dir || a.units_dir != b.units_dir {
         r.notes
-            .push("units_dir/state_dir changed: restart orchd to apply it".into());
+            .push("units_dir/state_dir changed: a reload refuses this; restart orchd".into());
     }
     if a.metrics != b.metrics {
         r.notes
@@ -74,6 +74,13 @@ impl Manager {
         if !errors.is_empty() {
             return Err(invalid(errors));
         }
+        let (a, b) = (&self.config.daemon, &new.daemon);
+        if a.units_dir != b.units_dir || a.state_dir != b.state_dir {
+            return Err(ApiError::new(
+                ErrorCode::Invalid,
+                "units_dir or state_dir changed: restart orchd to apply that; nothing was changed",
+            ));
+        }
         let mut report = plan(&self.config, &new);
         report.dry_run = dry_run;
         if dry_run {
@@ -83,15 +90,16 @@ impl Manager {
         for name in &report.removed {
             self.remove(name);
         }
+        let mut new = new;
+        // What only a restart of orchd applies stays as it runs, so later reloads still say so.
+        new.daemon.api = self.config.daemon.api.clone();
+        new.daemon.metrics = self.config.daemon.metrics.clone();
         let old = std::mem::replace(&mut self.config, new);
         let added: Vec<(String, UnitEntry)> = report
             .added
             .iter()
             .filter_map(|n| self.config.units.get(n).map(|e| (n.clone(), e.clone())))
             .collect();
-        for (name, _) in &added {
-            self.services.remove(name);
-        }
         self.register(added, false);
         for (name, restart) in report
             .restarted
@@ -103,6 +111,7 @@ impl Manager {
                 continue;
             };
             let deps = self.dep_watches(&unit);
+            let release = self.release_of(&unit);
             if let Some(Entry::Supervised {
                 handle,
                 unit: current,
@@ -112,6 +121,7 @@ impl Manager {
                     unit: unit.clone(),
                     deps,
                     restart,
+                    release: release.clone(),
                 });
                 *current = unit;
             }

@@ -35,6 +35,10 @@ pub struct LogLine {
     pub stream: Stream,
     pub pid: i32,
     pub line: String,
+    /// Position in the service's log (assigned by the hub), so a follower can skip what the
+    /// tail it printed first already had.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 enum Cmd {
@@ -93,6 +97,7 @@ impl LogHub {
             stream: Stream::Stderr,
             pid,
             line: text,
+            seq: 0,
         }));
     }
 
@@ -185,6 +190,7 @@ impl LogHub {
                 stream: Stream::Stderr,
                 pid,
                 line: note,
+                seq: 0,
             };
             if self.tx.try_send(Cmd::Line(line)).is_ok() {
                 *dropped = 0;
@@ -195,6 +201,7 @@ impl LogHub {
             stream,
             pid,
             line: text,
+            seq: 0,
         };
         if self.tx.try_send(Cmd::Line(line)).is_err() {
             *dropped += 1;
@@ -208,11 +215,14 @@ fn now() -> String {
 
 async fn run_hub(mut rx: mpsc::Receiver<Cmd>, service: Arc<str>, journal: Option<Arc<Journal>>) {
     let mut ring: VecDeque<LogLine> = VecDeque::new();
+    let mut seq: u64 = 0;
     // Created on the first `logs -f`: a broadcast buffer per idle service would cost memory.
     let mut follow: Option<broadcast::Sender<LogLine>> = None;
     while let Some(cmd) = rx.recv().await {
         match cmd {
-            Cmd::Line(line) => {
+            Cmd::Line(mut line) => {
+                seq += 1;
+                line.seq = seq;
                 match &journal {
                     Some(j) => j.send(&service, &line),
                     None => {

@@ -130,6 +130,8 @@ pub enum Command {
         unit: Arc<Unit>,
         deps: Vec<DepWatch>,
         restart: bool,
+        /// The release to run from now on (the unit's, unless a deploy chose one).
+        release: String,
     },
 }
 

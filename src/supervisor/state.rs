@@ -268,8 +268,13 @@ impl Machine {
 
     fn on_deps(&mut self, deps: Deps, ctx: Ctx) -> Vec<Action> {
         self.deps = deps;
+        if self.state == State::Starting {
+            return self.try_spawn(ctx);
+        }
+        // Failed because of a dependency: start again only once it is ready (not on every
+        // change of it, which would flap between starting and failed).
         let blocked_failed = self.state == State::Failed && self.want_up && self.reason_is_deps();
-        if self.state == State::Starting || blocked_failed {
+        if blocked_failed && self.deps == Deps::Ready {
             return self.try_spawn(ctx);
         }
         vec![]

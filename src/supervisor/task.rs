@@ -79,6 +79,8 @@ pub(super) struct Supervisor {
     /// Identifies the current prober's results; older ones are ignored.
     pub(super) probe_tag: u64,
     pub(super) probe_tx: mpsc::Sender<(u64, ProbeResult)>,
+    /// Events waiting for the status update that goes with them.
+    events: Vec<Event>,
 }
 
 /// Start the supervisor task of `unit`, running `release`. It starts the service only when told.
@@ -125,6 +127,7 @@ pub fn spawn_supervisor(
         prober: None,
         probe_tag: 0,
         probe_tx,
+        events: Vec::new(),
     };
     tracker.spawn(sup.run(cmd_rx, exits_rx, probe_rx, start, cancel));
     handle
@@ -152,8 +155,9 @@ impl Supervisor {
             let recheck = self.dep_recheck;
             tokio::select! {
                 cmd = commands.recv() => match cmd {
-                    Some(Command::Reconfigure { unit, deps, restart }) => {
+                    Some(Command::Reconfigure { unit, deps, restart, release }) => {
                         dep_watchers.abort_all();
+                        self.release = release;
                         self.reconfigure(unit, deps, restart).await;
                         dep_watchers = self.watch_deps(&dep_tx);
                     }
@@ -291,12 +295,20 @@ impl Supervisor {
     async fn perform(&mut self, action: Action) -> Option<Input> {
         match action {
             Action::Spawn => Some(self.spawn().await),
-            Action::Signal(sig) => {
-                if let Some(inst) = &self.instance {
+            Action::Signal(sig) => match &self.instance {
+                Some(inst) => {
                     self.signal(inst, sig);
+                    None
                 }
-                None
-            }
+                // A monitor-only unit has no process: stopping it ends monitoring at once.
+                None => {
+                    self.stop_probing();
+                    Some(Input::Exited {
+                        code: Some(0),
+                        signal: None,
+                    })
+                }
+            },
             Action::KillAll => {
                 if let Some(inst) = self.instance.as_ref().or(self.dying.as_ref()) {
                     self.kill_all(inst);
@@ -414,11 +426,20 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn publish(&self, kind: EventKind) {
-        self.shared.bus.publish(Event::now(&self.unit.name, kind));
+    /// Queue an event; it goes out after the status that reflects it (see `publish_status`),
+    /// so a subscriber that looks at the status on an event sees the new one.
+    pub(super) fn publish(&mut self, kind: EventKind) {
+        self.events.push(Event::now(&self.unit.name, kind));
     }
 
-    pub(super) fn publish_status(&self) {
+    pub(super) fn publish_status(&mut self) {
+        self.send_status();
+        for event in self.events.drain(..) {
+            self.shared.bus.publish(event);
+        }
+    }
+
+    fn send_status(&self) {
         let m = &self.machine;
         let state = m.state();
         let pid = self.instance.as_ref().map(|i| i.pid).filter(|&p| p > 0);

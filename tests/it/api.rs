@@ -549,3 +549,64 @@ fn completions_and_man_page() {
     );
     assert!(text(&out.stdout).contains("orchctl"));
 }
+
+#[test]
+fn reload_that_fixes_a_bad_unit_releases_its_dependents() {
+    let s = Setup::new();
+    s.unit(
+        "db",
+        "exec = [\"sleep\", \"1000\"]\n[restart]\npolcy = \"always\"\n",
+    );
+    s.unit("api", "exec = [\"sleep\", \"1000\"]\nrequires = [\"db\"]\n");
+    let o = s.start();
+    assert_eq!(o.state("db"), "bad-setting");
+    o.wait_state("api", "failed", T);
+    assert_eq!(o.status("api")["reason"], "dependency db is bad-setting");
+    s.unit(
+        "db",
+        "exec = [\"sleep\", \"1000\"]\n[restart]\npolicy = \"always\"\n",
+    );
+    let out = o.ctl(&["reload"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    o.wait_new_pid("db", None, T);
+    o.wait_new_pid("api", None, T);
+}
+
+#[test]
+fn reload_of_a_changed_release_runs_the_new_release() {
+    let s = Setup::new();
+    s.unit("api", "exec = [\"/bin/sh\", \"-c\", \"echo release=$ORCH_RELEASE; exec sleep 1000\"]\nrelease = \"v1\"\n");
+    let o = s.start();
+    let pid = o.wait_new_pid("api", None, T);
+    s.unit("api", "exec = [\"/bin/sh\", \"-c\", \"echo release=$ORCH_RELEASE; exec sleep 1000\"]\nrelease = \"v2\"\n");
+    assert!(o.ctl(&["reload"]).status.success());
+    o.wait_new_pid("api", Some(pid), T);
+    assert_eq!(o.status("api")["release"], "v2");
+    wait_for("the v2 process's output", T, || {
+        text(&o.ctl(&["logs", "api"]).stdout).contains("release=v2")
+    });
+}
+
+#[test]
+fn stopping_a_monitor_only_unit_is_immediate() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let s = Setup::new();
+    s.unit(
+        "edge",
+        &format!("[health]\ntcp = \"127.0.0.1:{port}\"\ninterval = \"100ms\"\n"),
+    );
+    let o = s.start();
+    o.wait_state("edge", "running", T);
+    let t0 = std::time::Instant::now();
+    let out = o.ctl(&["stop", "edge"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "stop took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(o.state("edge"), "inactive");
+    assert_eq!(o.status("edge")["health"], "none");
+    assert!(o.ctl(&["start", "edge"]).status.success());
+}

@@ -363,3 +363,27 @@ fn spawn_failure_backs_off() {
     );
     assert_eq!(m.reason(), Some("could not start: no such file"));
 }
+
+#[test]
+fn failed_for_a_dependency_does_not_flap_while_it_is_still_unready() {
+    let c = Clock(Instant::now());
+    let mut m = machine(RestartPolicy::OnFailure, 0);
+    m.step(
+        Input::DepsChanged(Deps::Blocked("db did not become healthy".into())),
+        c.at(0),
+    );
+    m.step(Input::Start, c.at(0));
+    assert_eq!(m.state(), State::Failed);
+    assert_eq!(
+        m.step(
+            Input::DepsChanged(Deps::Waiting("db (running)".into())),
+            c.at(5)
+        ),
+        vec![]
+    );
+    assert_eq!(m.state(), State::Failed);
+    assert_eq!(
+        m.step(Input::DepsChanged(Deps::Ready), c.at(9)),
+        vec![Action::Spawn]
+    );
+}
