@@ -30,6 +30,46 @@ pub enum EventKind {
     Unhealthy { probe: crate::health::ProbeResult },
     /// The service is healthy (for the first time since it started, or again).
     Healthy { probe: crate::health::ProbeResult },
+    /// A deploy began.
+    DeployStarted {
+        deploy_id: String,
+        release: String,
+        previous: String,
+        who: String,
+    },
+    /// The proxy (or switch command) now sends traffic to `release`.
+    Switched {
+        deploy_id: String,
+        release: String,
+        port: Option<u16>,
+    },
+    /// The deploy finished: `release` is active and persisted.
+    DeploySucceeded {
+        deploy_id: String,
+        release: String,
+        previous: String,
+        duration_ms: u64,
+        who: String,
+        rollback: bool,
+    },
+    /// The new release never became ready; nothing was switched (`previous` still serves).
+    DeployFailed {
+        deploy_id: String,
+        release: String,
+        previous: String,
+        reason: String,
+        duration_ms: u64,
+        who: String,
+    },
+    /// The new release failed after the switch (or an operator asked): `to` serves again.
+    RolledBack {
+        deploy_id: String,
+        release: String,
+        to: String,
+        reason: String,
+        duration_ms: u64,
+        who: String,
+    },
     /// Processes were found and killed that a service (or a previous orchd) left behind.
     OrphansKilled { count: usize },
 }

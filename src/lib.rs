@@ -29,6 +29,7 @@ pub mod api;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
+pub mod deploy;
 pub mod event;
 pub mod health;
 pub mod manager;

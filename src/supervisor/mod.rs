@@ -6,6 +6,7 @@
 //! [`state::Machine`] and performs the actions it returns.
 
 pub mod cgroup;
+mod deploying;
 pub mod deps;
 pub mod logs;
 mod probing;
@@ -78,6 +79,26 @@ pub struct ServiceStatus {
     /// The last 10 probe results, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<crate::health::ProbeResult>,
+    /// The deploy in progress, e.g. "v42 (watching)".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploying: Option<String>,
+    /// Both slots of a `[deploy]` service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slots: Vec<SlotStatus>,
+}
+
+/// One slot of a `[deploy]` service, in status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlotStatus {
+    pub slot: usize,
+    pub active: bool,
+    pub port: Option<u16>,
+    pub release: String,
+    pub state: State,
+    pub health: Health,
+    pub pid: Option<i32>,
+    /// Open connections (tcp) or in-flight requests (http) through the proxy.
+    pub open: usize,
 }
 
 impl ServiceStatus {
@@ -99,6 +120,8 @@ impl ServiceStatus {
             last_probe: None,
             last_failure: None,
             probes: Vec::new(),
+            deploying: None,
+            slots: Vec::new(),
         }
     }
 
@@ -125,6 +148,18 @@ pub enum Command {
         op: Op,
         ack: Option<oneshot::Sender<()>>,
     },
+    /// Deploy a release; progress and the result go to `progress`. The reply is the deploy
+    /// id once accepted, or why not (another deploy holds the service).
+    Deploy {
+        request: DeployRequest,
+        progress: mpsc::UnboundedSender<DeployMsg>,
+        reply: oneshot::Sender<Result<String, crate::api::proto::ApiError>>,
+    },
+    /// Switch back at once if the previous release still runs (during a deploy's watch);
+    /// answers the final result, or `None` when a late rollback (a new deploy) is needed.
+    Rollback {
+        reply: oneshot::Sender<Option<serde_json::Value>>,
+    },
     /// A reload changed the unit; `restart` says whether the process must be restarted.
     Reconfigure {
         unit: Arc<Unit>,
@@ -133,6 +168,25 @@ pub enum Command {
         /// The release to run from now on (the unit's, unless a deploy chose one).
         release: String,
     },
+}
+
+/// What to deploy, and who asked.
+#[derive(Debug, Clone)]
+pub struct DeployRequest {
+    pub release: String,
+    /// Overrides `deploy.timeout`.
+    pub timeout: Option<std::time::Duration>,
+    /// "uid 1001 (ci), pid 4242", for events and history.
+    pub who: String,
+    /// A rollback (recorded as such in history).
+    pub rollback: bool,
+}
+
+/// Deploy progress to the client that asked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeployMsg {
+    Step(serde_json::Value),
+    Done(serde_json::Value),
 }
 
 /// Operator commands on a service.

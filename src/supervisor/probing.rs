@@ -1,4 +1,4 @@
-//! The supervisor's side of health checks: start and stop the instance's prober, and turn its
+//! The supervisor's side of health checks: start and stop a slot's prober, and turn its
 //! results into health, events, readiness and (with `on_unhealthy = "restart"`) a restart.
 
 use tokio::time::Instant;
@@ -13,20 +13,21 @@ use crate::health::probe::Schedule;
 use crate::health::{ProbeResult, ProbeTarget, Prober, Tracker, Transition};
 
 impl Supervisor {
-    /// A new instance runs: health `starting`, probes begin.
-    pub(super) fn start_probing(&mut self, port: Option<u16>) {
-        self.stop_probing();
+    /// A new instance runs in `slot`: health `starting`, probes begin.
+    pub(super) fn start_probing(&mut self, slot: usize, port: Option<u16>) {
+        self.stop_probing(slot);
         let Some(cfg) = self.unit.health.clone() else {
             return;
         };
-        let target = match self.probe_target(&cfg.check, port) {
+        let target = match self.probe_target(slot, &cfg.check, port) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(service = %self.unit.name, error = %e, "cannot set up the health check");
                 return;
             }
         };
-        self.probe_tag += 1;
+        self.next_tag += 1;
+        let tag = self.next_tag;
         let cancel = CancellationToken::new();
         let schedule = Schedule {
             interval: cfg.interval,
@@ -36,42 +37,47 @@ impl Supervisor {
             target,
             schedule,
             self.shared.probes.clone(),
-            self.probe_tag,
+            tag,
             self.probe_tx.clone(),
             cancel.clone(),
         );
-        self.prober = Some(cancel);
-        self.health = Some(Tracker::new(cfg, Instant::now()));
+        let s = &mut self.slots[slot];
+        s.probe_tag = tag;
+        s.prober = Some(cancel);
+        s.health = Some(Tracker::new(cfg, Instant::now()));
     }
 
-    /// The instance is gone: no probes, no health.
-    pub(super) fn stop_probing(&mut self) {
-        if let Some(cancel) = self.prober.take() {
+    /// The slot's instance is gone: no probes, no health.
+    pub(super) fn stop_probing(&mut self, slot: usize) {
+        let s = &mut self.slots[slot];
+        if let Some(cancel) = s.prober.take() {
             cancel.cancel();
         }
-        self.health = None;
+        s.health = None;
     }
 
     /// Health settings changed on reload: keep the health so far, probe on the new schedule.
-    pub(super) fn restart_probing(&mut self) {
-        if self.prober.is_none() {
+    pub(super) fn restart_probing(&mut self, slot: usize) {
+        if self.slots[slot].prober.is_none() {
             return;
         }
-        let kept = self.health.take();
-        let port = self.unit.deploy.as_ref().map(|d| d.ports[self.slot]);
-        self.start_probing(port);
+        let kept = self.slots[slot].health.take();
+        let port = self.slots[slot].port(&self.unit);
+        self.start_probing(slot, port);
         if let (Some(mut old), Some(cfg)) = (kept, self.unit.health.clone()) {
             old.reconfigure(cfg);
-            self.health = Some(old);
+            self.slots[slot].health = Some(old);
         }
     }
 
     fn probe_target(
         &self,
+        slot: usize,
         check: &HealthCheck,
         port: Option<u16>,
     ) -> Result<ProbeTarget, spec::SpecError> {
-        let sub = |t: &str| substitute(t, port, &self.release);
+        let release = &self.slots[slot].release;
+        let sub = |t: &str| substitute(t, port, release);
         Ok(match check {
             HealthCheck::Http {
                 url,
@@ -88,13 +94,13 @@ impl Supervisor {
             },
             HealthCheck::Tcp { addr } => ProbeTarget::Tcp { addr: sub(addr) },
             HealthCheck::Exec { argv } => {
-                let marker = match &self.instance {
+                let marker = match &self.slots[slot].instance {
                     Some(i) => format!("{}/probe", i.marker),
                     None => format!("{}/{}/monitor/probe", self.shared.daemon_id, self.unit.name),
                 };
                 let params = InstanceParams {
                     port,
-                    release: self.release.clone(),
+                    release: release.clone(),
                     marker,
                     cgroup: None,
                 };
@@ -107,33 +113,46 @@ impl Supervisor {
 
     /// A probe result arrived.
     pub(super) async fn on_probe(&mut self, tag: u64, result: ProbeResult) {
-        if tag != self.probe_tag || self.machine.state() != State::Running {
+        let Some(slot) =
+            (0..2).find(|&i| self.slots[i].probe_tag == tag && self.slots[i].prober.is_some())
+        else {
+            return;
+        };
+        if self.slots[slot].machine.state() != State::Running {
             return;
         }
-        let Some(tracker) = self.health.as_mut() else {
+        let Some(tracker) = self.slots[slot].health.as_mut() else {
             return;
         };
         let name = self.unit.name.clone();
         match tracker.observe(result.clone(), Instant::now()) {
             Transition::None => {}
             Transition::BecameHealthy => {
-                tracing::info!(service = %name, "healthy: {result}");
+                tracing::info!(service = %name, slot, "healthy: {result}");
                 self.publish(EventKind::Healthy { probe: result });
             }
             Transition::BecameUnhealthy => {
-                tracing::warn!(service = %name, "unhealthy: {result}");
+                tracing::warn!(service = %name, slot, "unhealthy: {result}");
                 self.publish(EventKind::Unhealthy { probe: result });
                 let restart = self
                     .unit
                     .health
                     .as_ref()
                     .is_some_and(|h| h.on_unhealthy == OnUnhealthy::Restart);
-                if restart && !self.unit.is_monitor_only() {
-                    self.feed(Input::Unhealthy).await;
+                // A deploy's candidate is judged by the deploy, not restarted.
+                let candidate = self
+                    .deploy
+                    .as_ref()
+                    .is_some_and(|d| d.candidate == slot && slot != self.active);
+                if restart && !self.unit.is_monitor_only() && !candidate && self.deploy.is_none() {
+                    self.feed(slot, Input::Unhealthy).await;
                     return;
                 }
             }
         }
+        // Health changes may move a deploy on (healthy candidate, unhealthy during watch).
+        self.advance_deploy().await;
+        self.sync_proxy();
         self.publish_status();
     }
 }

@@ -1,4 +1,9 @@
-//! The supervisor task: one per service, the only owner of its machine and instance.
+//! The supervisor task: one per service, the only owner of its slots, their machines and
+//! instances, its proxy and its deploy.
+//!
+//! A service has two slots. Normally one (the *active* slot) runs; a deploy starts the new
+//! release in the other, and `deploying.rs` drives the switch. Each slot has its own pure
+//! [`Machine`]; inputs are routed to the slot they concern (exits by pid, probe results by tag).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -11,13 +16,15 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::cgroup::{self, CgroupRoot};
+use super::deploying::DeployRun;
 use super::deps;
 use super::logs::{Journal, LogHub, Stream};
 use super::process::{ExitInfo, Spawner, signal_group};
 use super::spec::{self, InstanceParams};
 use super::state::{Action, Ctx, Deps, Input, Machine, State, describe_exit};
-use super::{Command, DepWatch, Health, Op, ServiceStatus, SupervisorHandle, now_rfc3339};
-use crate::config::Unit;
+use super::{Command, DepWatch, Health, Op, ServiceStatus, SupervisorHandle};
+use crate::config::{SwitchMode, Unit};
+use crate::deploy::proxy::{Backend, Proxy};
 use crate::event::{Event, EventBus, EventKind};
 use crate::health::{ProbeClients, ProbeResult, Tracker};
 
@@ -53,34 +60,78 @@ pub(super) struct Instance {
     cgroup: Option<PathBuf>,
 }
 
-pub(super) struct Supervisor {
-    pub(super) unit: Arc<Unit>,
-    pub(super) shared: Shared,
+/// One of the service's two slots: a release, its machine, its process and its health.
+pub(super) struct Slot {
+    pub(super) index: usize,
     pub(super) machine: Machine,
     pub(super) release: String,
-    pub(super) slot: usize,
-    spawn_seq: u64,
     pub(super) instance: Option<Instance>,
     /// The instance whose main process just exited, while its exit is being handled: its
     /// leftovers (the rest of its group, its cgroup) are still to be killed.
     dying: Option<Instance>,
-    deps: Vec<DepWatch>,
-    /// When this service started waiting for its dependencies (bounds the wait for health).
-    waiting_since: Option<Instant>,
-    /// When to evaluate the dependencies again although none changed (a health bound expires).
-    dep_recheck: Option<Instant>,
-    status: watch::Sender<ServiceStatus>,
-    logs: LogHub,
-    exits_tx: mpsc::UnboundedSender<ExitInfo>,
     /// Health of the running instance (None: no check, or not running).
     pub(super) health: Option<Tracker>,
     /// Stops the running instance's prober.
     pub(super) prober: Option<CancellationToken>,
     /// Identifies the current prober's results; older ones are ignored.
     pub(super) probe_tag: u64,
+}
+
+impl Slot {
+    fn new(index: usize, unit: &Unit, release: String) -> Slot {
+        Slot {
+            index,
+            machine: Machine::new(unit.restart.clone(), unit.stop.clone()),
+            release,
+            instance: None,
+            dying: None,
+            health: None,
+            prober: None,
+            probe_tag: 0,
+        }
+    }
+
+    pub(super) fn health(&self) -> Health {
+        self.health.as_ref().map_or(Health::None, Tracker::health)
+    }
+
+    /// Running, and healthy or without a health check.
+    pub(super) fn ready(&self) -> bool {
+        self.machine.state() == State::Running
+            && matches!(self.health(), Health::None | Health::Healthy)
+    }
+
+    pub(super) fn port(&self, unit: &Unit) -> Option<u16> {
+        unit.deploy.as_ref().map(|d| d.ports[self.index])
+    }
+}
+
+pub(super) struct Supervisor {
+    pub(super) unit: Arc<Unit>,
+    pub(super) shared: Shared,
+    pub(super) slots: [Slot; 2],
+    /// The slot that serves (and whose state is the service's state).
+    pub(super) active: usize,
+    spawn_seq: u64,
+    pub(super) next_tag: u64,
+    deps: Vec<DepWatch>,
+    /// When this service started waiting for its dependencies (bounds the wait for health).
+    waiting_since: Option<Instant>,
+    /// When to evaluate the dependencies again although none changed (a health bound expires).
+    dep_recheck: Option<Instant>,
+    status: watch::Sender<ServiceStatus>,
+    pub(super) logs: LogHub,
+    exits_tx: mpsc::UnboundedSender<ExitInfo>,
     pub(super) probe_tx: mpsc::Sender<(u64, ProbeResult)>,
     /// Events waiting for the status update that goes with them.
     events: Vec<Event>,
+    /// The public listener of a `[deploy]` service with the built-in proxy.
+    pub(super) proxy: Option<Proxy>,
+    /// Why the proxy could not be bound, for status.
+    pub(super) proxy_error: Option<String>,
+    pub(super) deploy: Option<DeployRun>,
+    /// Gets a copy of the current deploy's final result (for an instant rollback's reply).
+    pub(super) final_tap: Option<tokio::sync::oneshot::Sender<serde_json::Value>>,
 }
 
 /// Start the supervisor task of `unit`, running `release`. It starts the service only when told.
@@ -106,28 +157,30 @@ pub fn spawn_supervisor(
         status: status.subscribe(),
         logs: logs.clone(),
     };
-    let machine = Machine::new(unit.restart.clone(), unit.stop.clone());
     let (probe_tx, probe_rx) = mpsc::channel(16);
+    let slots = [
+        Slot::new(0, &unit, release.clone()),
+        Slot::new(1, &unit, release),
+    ];
     let sup = Supervisor {
         unit,
         shared,
-        machine,
-        release,
-        slot: 0,
+        slots,
+        active: 0,
         spawn_seq: 0,
-        instance: None,
-        dying: None,
+        next_tag: 0,
         deps,
         waiting_since: None,
         dep_recheck: None,
         status,
         logs,
         exits_tx,
-        health: None,
-        prober: None,
-        probe_tag: 0,
         probe_tx,
         events: Vec::new(),
+        proxy: None,
+        proxy_error: None,
+        deploy: None,
+        final_tap: None,
     };
     tracker.spawn(sup.run(cmd_rx, exits_rx, probe_rx, start, cancel));
     handle
@@ -142,6 +195,7 @@ impl Supervisor {
         start: bool,
         cancel: CancellationToken,
     ) {
+        self.bind_proxy().await;
         let (dep_tx, mut dep_rx) = mpsc::channel::<()>(1);
         let mut dep_watchers = self.watch_deps(&dep_tx);
         let deps = self.eval_deps();
@@ -149,16 +203,15 @@ impl Supervisor {
         if start {
             first.push(Input::Start);
         }
-        self.feed_all(first).await;
+        self.feed_all(self.active, first).await;
         loop {
-            let deadline = self.machine.deadline();
+            let deadline = self.next_deadline();
             let recheck = self.dep_recheck;
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     Some(Command::Reconfigure { unit, deps, restart, release }) => {
                         dep_watchers.abort_all();
-                        self.release = release;
-                        self.reconfigure(unit, deps, restart).await;
+                        self.reconfigure(unit, deps, restart, release).await;
                         dep_watchers = self.watch_deps(&dep_tx);
                     }
                     Some(cmd) => self.on_command(cmd).await,
@@ -166,24 +219,99 @@ impl Supervisor {
                 },
                 Some(exit) = exits.recv() => self.on_exit(exit).await,
                 _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
-                    self.feed(Input::Deadline).await;
+                    self.on_deadline().await;
                 }
                 Some(()) = dep_rx.recv() => {
                     let deps = self.eval_deps();
-                    self.feed(Input::DepsChanged(deps)).await;
+                    self.feed(self.active, Input::DepsChanged(deps)).await;
                 }
                 _ = async { sleep_until(recheck.unwrap_or_else(Instant::now)).await }, if recheck.is_some() => {
                     let deps = self.eval_deps();
-                    self.feed(Input::DepsChanged(deps)).await;
+                    self.feed(self.active, Input::DepsChanged(deps)).await;
                 }
                 Some((tag, result)) = probes.recv() => self.on_probe(tag, result).await,
                 _ = cancel.cancelled() => break,
             }
         }
         // orchd is going away without a graceful stop of this service: leave nothing behind.
-        self.stop_probing();
-        if let Some(inst) = self.instance.take() {
-            self.kill_all(&inst);
+        for i in 0..2 {
+            self.stop_probing(i);
+            if let Some(inst) = self.slots[i].instance.take() {
+                self.kill_all(&inst);
+            }
+        }
+    }
+
+    async fn bind_proxy(&mut self) {
+        let Some(d) = self.unit.deploy.clone() else {
+            return;
+        };
+        let Some(listen) = d.listen.filter(|_| d.switch == SwitchMode::Proxy) else {
+            return;
+        };
+        if self.proxy.as_ref().is_some_and(|p| p.listen == listen) {
+            return;
+        }
+        self.proxy = None;
+        match Proxy::bind(listen, d.proxy, &self.unit.name).await {
+            Ok(p) => {
+                tracing::info!(service = %self.unit.name, %listen, "proxy listening");
+                self.proxy = Some(p);
+                self.proxy_error = None;
+            }
+            Err(e) => {
+                tracing::error!(service = %self.unit.name, %listen, error = %e, "cannot bind the proxy's listen address");
+                self.proxy_error = Some(format!("cannot listen on {listen}: {e}"));
+            }
+        }
+        self.sync_proxy();
+    }
+
+    /// Outside a deploy, the proxy follows the active slot: its port while it runs, else none.
+    pub(super) fn sync_proxy(&self) {
+        if self.deploy.is_some() {
+            return;
+        }
+        if let Some(p) = &self.proxy {
+            let slot = &self.slots[self.active];
+            let backend = match (slot.machine.state(), slot.port(&self.unit)) {
+                (State::Running | State::Stopping, Some(port)) => Some(Backend {
+                    slot: slot.index,
+                    addr: ([127, 0, 0, 1], port).into(),
+                }),
+                _ => None,
+            };
+            if p.active() != backend {
+                p.switch(backend);
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        [
+            self.slots[0].machine.deadline(),
+            self.slots[1].machine.deadline(),
+            self.deploy.as_ref().and_then(DeployRun::deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    async fn on_deadline(&mut self) {
+        let now = Instant::now();
+        for i in 0..2 {
+            if self.slots[i].machine.deadline().is_some_and(|d| d <= now) {
+                self.feed(i, Input::Deadline).await;
+            }
+        }
+        if self
+            .deploy
+            .as_ref()
+            .and_then(DeployRun::deadline)
+            .is_some_and(|d| d <= now)
+        {
+            self.deploy_deadline().await;
         }
     }
 
@@ -210,45 +338,79 @@ impl Supervisor {
     }
 
     async fn on_command(&mut self, cmd: Command) {
-        let Command::Control { op, ack } = cmd else {
-            return;
-        };
-        let input = match op {
-            Op::Start => Input::Start,
-            Op::Stop => Input::Stop,
-            Op::Restart => Input::Restart,
-            Op::Reset => Input::Reset,
-        };
-        tracing::debug!(service = %self.unit.name, ?input, "command");
-        self.feed(input).await;
-        if let Some(ack) = ack {
-            let _ = ack.send(());
+        match cmd {
+            Command::Control { op, ack } => {
+                if op == Op::Stop && self.deploy.is_some() {
+                    self.abort_deploy("the service was stopped by an operator")
+                        .await;
+                }
+                let input = match op {
+                    Op::Start => Input::Start,
+                    Op::Stop => Input::Stop,
+                    Op::Restart => Input::Restart,
+                    Op::Reset => Input::Reset,
+                };
+                tracing::debug!(service = %self.unit.name, ?input, "command");
+                self.feed(self.active, input).await;
+                if let Some(ack) = ack {
+                    let _ = ack.send(());
+                }
+            }
+            Command::Deploy {
+                request,
+                progress,
+                reply,
+            } => {
+                let accepted = self.start_deploy(request, progress).await;
+                let _ = reply.send(accepted);
+            }
+            Command::Rollback { reply } => {
+                let done = self.instant_rollback().await;
+                let _ = reply.send(done);
+            }
+            Command::Reconfigure { .. } => {}
         }
     }
 
-    async fn reconfigure(&mut self, unit: Arc<Unit>, deps: Vec<DepWatch>, restart: bool) {
-        self.machine
+    async fn reconfigure(
+        &mut self,
+        unit: Arc<Unit>,
+        deps: Vec<DepWatch>,
+        restart: bool,
+        release: String,
+    ) {
+        let active = self.active;
+        self.slots[active]
+            .machine
             .reconfigure(unit.restart.clone(), unit.stop.clone());
+        if self.deploy.is_none() {
+            self.slots[active].release = release;
+        }
         let health_changed = self.unit.health != unit.health;
         self.unit = unit;
         self.deps = deps;
         if health_changed {
-            self.restart_probing();
+            self.restart_probing(active);
         }
+        self.bind_proxy().await;
         let deps = self.eval_deps();
-        self.feed(Input::DepsChanged(deps)).await;
-        if restart && self.machine.want_up() {
-            self.feed(Input::Restart).await;
+        self.feed(active, Input::DepsChanged(deps)).await;
+        if restart && self.slots[active].machine.want_up() && self.deploy.is_none() {
+            self.feed(active, Input::Restart).await;
         }
     }
 
     async fn on_exit(&mut self, exit: ExitInfo) {
-        let Some(inst) = &self.instance else { return };
-        if inst.pid != exit.pid {
+        let Some(i) = (0..2).find(|&i| {
+            self.slots[i]
+                .instance
+                .as_ref()
+                .is_some_and(|inst| inst.pid == exit.pid)
+        }) else {
             return;
-        }
+        };
         let what = describe_exit(exit.code, exit.signal);
-        tracing::info!(service = %self.unit.name, pid = exit.pid, "{what}");
+        tracing::info!(service = %self.unit.name, pid = exit.pid, slot = i, "{what}");
         self.logs
             .note(exit.pid, format!("[orchd] process {} {what}", exit.pid));
         self.publish(EventKind::Exited {
@@ -256,53 +418,58 @@ impl Supervisor {
             code: exit.code,
             signal: exit.signal.map(|s| s.as_str().to_owned()),
         });
-        self.stop_probing();
-        self.dying = self.instance.take();
-        self.feed(Input::Exited {
-            code: exit.code,
-            signal: exit.signal,
-        })
+        self.stop_probing(i);
+        self.slots[i].dying = self.slots[i].instance.take();
+        self.feed(
+            i,
+            Input::Exited {
+                code: exit.code,
+                signal: exit.signal,
+            },
+        )
         .await;
-        self.dying = None;
+        self.slots[i].dying = None;
     }
 
-    /// Step the machine and perform its actions, including those that performing them causes.
-    pub(super) async fn feed(&mut self, input: Input) {
-        self.feed_all(vec![input]).await;
+    /// Step a slot's machine and perform its actions, including those that performing them
+    /// causes; then let the deploy (if any) advance and publish the status.
+    pub(super) async fn feed(&mut self, slot: usize, input: Input) {
+        self.feed_all(slot, vec![input]).await;
     }
 
-    /// Feed several inputs, publishing the status once at the end.
-    async fn feed_all(&mut self, inputs: Vec<Input>) {
+    async fn feed_all(&mut self, slot: usize, inputs: Vec<Input>) {
         let mut queue: VecDeque<Input> = inputs.into();
         while let Some(input) = queue.pop_front() {
             let ctx = Ctx {
                 now: Instant::now(),
                 rand: rand::rng().random_range(-1.0..=1.0),
             };
-            for action in self.machine.step(input, ctx) {
-                if let Some(next) = self.perform(action).await {
+            for action in self.slots[slot].machine.step(input, ctx) {
+                if let Some(next) = self.perform(slot, action).await {
                     queue.push_back(next);
                 }
             }
         }
-        if self.machine.state() != State::Starting {
+        if self.slots[self.active].machine.state() != State::Starting {
             self.waiting_since = None;
             self.dep_recheck = None;
         }
+        self.advance_deploy().await;
+        self.sync_proxy();
         self.publish_status();
     }
 
-    async fn perform(&mut self, action: Action) -> Option<Input> {
+    async fn perform(&mut self, slot: usize, action: Action) -> Option<Input> {
         match action {
-            Action::Spawn => Some(self.spawn().await),
-            Action::Signal(sig) => match &self.instance {
+            Action::Spawn => Some(self.spawn(slot).await),
+            Action::Signal(sig) => match &self.slots[slot].instance {
                 Some(inst) => {
                     self.signal(inst, sig);
                     None
                 }
                 // A monitor-only unit has no process: stopping it ends monitoring at once.
                 None => {
-                    self.stop_probing();
+                    self.stop_probing(slot);
                     Some(Input::Exited {
                         code: Some(0),
                         signal: None,
@@ -310,7 +477,8 @@ impl Supervisor {
                 }
             },
             Action::KillAll => {
-                if let Some(inst) = self.instance.as_ref().or(self.dying.as_ref()) {
+                let s = &self.slots[slot];
+                if let Some(inst) = s.instance.as_ref().or(s.dying.as_ref()) {
                     self.kill_all(inst);
                 }
                 None
@@ -335,33 +503,32 @@ impl Supervisor {
         }
     }
 
-    async fn spawn(&mut self) -> Input {
+    async fn spawn(&mut self, slot: usize) -> Input {
+        let port = self.slots[slot].port(&self.unit);
         if self.unit.is_monitor_only() {
-            self.start_probing(None);
+            self.start_probing(slot, None);
             return Input::Spawned { pid: 0 };
         }
         self.spawn_seq += 1;
-        let name = &self.unit.name;
+        let name = self.unit.name.clone();
         let marker = format!(
             "{}/{}/{}/{}",
-            self.shared.daemon_id, name, self.slot, self.spawn_seq
+            self.shared.daemon_id, name, slot, self.spawn_seq
         );
         let cgroup = match &self.shared.cgroups {
-            Some(root) => {
-                match root.instance(&format!("{name}.{}.{}", self.slot, self.spawn_seq)) {
-                    Ok(dir) => Some(dir),
-                    Err(e) => {
-                        tracing::warn!(service = %name, error = %e, "cannot create the instance cgroup; using the process group");
-                        None
-                    }
+            Some(root) => match root.instance(&format!("{name}.{slot}.{}", self.spawn_seq)) {
+                Ok(dir) => Some(dir),
+                Err(e) => {
+                    tracing::warn!(service = %name, error = %e, "cannot create the instance cgroup; using the process group");
+                    None
                 }
-            }
+            },
             None => None,
         };
-        let port = self.unit.deploy.as_ref().map(|d| d.ports[self.slot]);
+        let release = self.slots[slot].release.clone();
         let params = InstanceParams {
             port,
-            release: self.release.clone(),
+            release: release.clone(),
             marker: marker.clone(),
             cgroup: cgroup.clone(),
         };
@@ -382,17 +549,14 @@ impl Supervisor {
                 if let Some(fd) = spawned.stderr {
                     self.logs.attach(fd, Stream::Stderr, pid);
                 }
-                tracing::info!(service = %name, pid, release = %self.release, "started");
-                self.instance = Some(Instance {
+                tracing::info!(service = %name, pid, release = %release, slot, "started");
+                self.slots[slot].instance = Some(Instance {
                     pid,
                     marker,
                     cgroup,
                 });
-                self.publish(EventKind::Started {
-                    pid,
-                    release: self.release.clone(),
-                });
-                self.start_probing(port);
+                self.publish(EventKind::Started { pid, release });
+                self.start_probing(slot, port);
                 Input::Spawned { pid }
             }
             Err(e) => Input::SpawnFailed {
@@ -433,53 +597,72 @@ impl Supervisor {
     }
 
     pub(super) fn publish_status(&mut self) {
-        self.send_status();
-        for event in self.events.drain(..) {
-            self.shared.bus.publish(event);
-        }
-    }
-
-    fn send_status(&self) {
-        let m = &self.machine;
-        let state = m.state();
-        let pid = self.instance.as_ref().map(|i| i.pid).filter(|&p| p > 0);
-        let health = self.health.as_ref().map_or(Health::None, Tracker::health);
-        let ready = state == State::Running && matches!(health, Health::None | Health::Healthy);
-        let probes: Vec<ProbeResult> = self
-            .health
-            .iter()
-            .flat_map(|t| t.results().cloned())
-            .collect();
-        let last_failure = self.health.as_ref().and_then(|t| t.last_failure().cloned());
-        let port = self.unit.deploy.as_ref().map(|d| d.ports[self.slot]);
+        let new = self.snapshot();
         self.status.send_if_modified(|s| {
-            let changed_state = s.state != state || s.pid != pid;
-            let new = ServiceStatus {
-                name: self.unit.name.clone(),
-                state,
-                health,
-                pid,
-                release: self.release.clone(),
-                restarts: m.restarts(),
-                since: if changed_state {
-                    now_rfc3339()
-                } else {
-                    s.since.clone()
-                },
-                reason: m.reason().map(str::to_owned),
-                want_up: m.want_up(),
-                ready,
-                port,
-                description: self.unit.description.clone(),
-                last_probe: probes.last().cloned(),
-                last_failure: last_failure.clone(),
-                probes: probes.clone(),
-            };
+            let mut new = new;
+            if s.state == new.state && s.pid == new.pid {
+                new.since.clone_from(&s.since);
+            }
             if *s == new {
                 return false;
             }
             *s = new;
             true
         });
+        for event in self.events.drain(..) {
+            self.shared.bus.publish(event);
+        }
+    }
+
+    fn snapshot(&self) -> ServiceStatus {
+        let slot = &self.slots[self.active];
+        let m = &slot.machine;
+        let probes: Vec<ProbeResult> = slot
+            .health
+            .iter()
+            .flat_map(|t| t.results().cloned())
+            .collect();
+        let reason = self
+            .proxy_error
+            .clone()
+            .or_else(|| m.reason().map(str::to_owned));
+        ServiceStatus {
+            name: self.unit.name.clone(),
+            state: m.state(),
+            health: slot.health(),
+            pid: slot.instance.as_ref().map(|i| i.pid).filter(|&p| p > 0),
+            release: slot.release.clone(),
+            restarts: m.restarts(),
+            since: super::now_rfc3339(),
+            reason,
+            want_up: m.want_up(),
+            ready: slot.ready(),
+            port: slot.port(&self.unit),
+            description: self.unit.description.clone(),
+            last_probe: probes.last().cloned(),
+            last_failure: slot.health.as_ref().and_then(|t| t.last_failure().cloned()),
+            probes,
+            deploying: self.deploy.as_ref().map(DeployRun::describe),
+            slots: self.slot_statuses(),
+        }
+    }
+
+    fn slot_statuses(&self) -> Vec<super::SlotStatus> {
+        if self.unit.deploy.is_none() {
+            return vec![];
+        }
+        self.slots
+            .iter()
+            .map(|s| super::SlotStatus {
+                slot: s.index,
+                active: s.index == self.active,
+                port: s.port(&self.unit),
+                release: s.release.clone(),
+                state: s.machine.state(),
+                health: s.health(),
+                pid: s.instance.as_ref().map(|i| i.pid),
+                open: self.proxy.as_ref().map_or(0, |p| p.stats().open(s.index)),
+            })
+            .collect()
     }
 }

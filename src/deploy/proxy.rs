@@ -1,0 +1,430 @@
+//! The switchable front of a deployed service: orchd holds the public `listen` socket for the
+//! service's whole life and forwards to the active slot's backend port.
+//!
+//! - `http` mode (hyper): routing per *request*, so after a switch the next request on an
+//!   existing client connection goes to the new release and clients never meet a connection
+//!   the old release closed. Keep-alive, HTTP/2 from clients, WebSocket upgrades (tunnelled),
+//!   `Host` kept, `X-Forwarded-For`/`X-Forwarded-Proto` added, pooled upstream connections.
+//!   An idempotent request without a body whose upstream connection failed before any
+//!   response byte is retried once.
+//! - `tcp` mode: routing per connection; open connections stay on their slot until they close
+//!   or the slot is drained.
+//!
+//! The supervisor owns the [`Proxy`] handle and switches it; the accept loop and connection
+//! tasks read the active backend from a `watch` and count their slot's open connections and
+//! in-flight requests in [`SlotStats`], which draining reads.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ProxyMode;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Where requests go now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backend {
+    pub slot: usize,
+    pub addr: SocketAddr,
+}
+
+/// Open connections (tcp) and in-flight requests (http) per slot.
+#[derive(Debug, Default)]
+pub struct SlotStats {
+    open: [AtomicUsize; 2],
+    /// Cancelled to cut a slot's remaining tcp connections after its drain time.
+    cut: [std::sync::Mutex<CancellationToken>; 2],
+}
+
+impl SlotStats {
+    /// Connections or requests still using `slot`.
+    pub fn open(&self, slot: usize) -> usize {
+        self.open[slot].load(Ordering::SeqCst)
+    }
+
+    fn cut_token(&self, slot: usize) -> CancellationToken {
+        // The lock guards only the token swap; poisoning cannot leave it inconsistent.
+        self.cut[slot]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// End every connection still open on `slot` (its drain time is over).
+    pub fn cut(&self, slot: usize) {
+        let mut guard = self.cut[slot].lock().unwrap_or_else(|p| p.into_inner());
+        guard.cancel();
+        *guard = CancellationToken::new();
+    }
+}
+
+struct OpenGuard(Arc<SlotStats>, usize);
+
+impl OpenGuard {
+    fn new(stats: &Arc<SlotStats>, slot: usize) -> OpenGuard {
+        stats.open[slot].fetch_add(1, Ordering::SeqCst);
+        OpenGuard(stats.clone(), slot)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open[self.1].fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The supervisor's handle on a running proxy.
+pub struct Proxy {
+    active: watch::Sender<Option<Backend>>,
+    stats: Arc<SlotStats>,
+    cancel: CancellationToken,
+    pub listen: SocketAddr,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Proxy {
+    /// Bind `listen` and serve until the handle is dropped.
+    pub async fn bind(
+        listen: SocketAddr,
+        mode: ProxyMode,
+        service: &str,
+    ) -> std::io::Result<Proxy> {
+        let listener = TcpListener::bind(listen).await?;
+        let (active, rx) = watch::channel(None);
+        let stats = Arc::new(SlotStats::default());
+        let cancel = CancellationToken::new();
+        let ctx = Arc::new(Ctx {
+            backend: rx,
+            stats: stats.clone(),
+            client: http_client(),
+            service: service.into(),
+        });
+        tokio::spawn(accept_loop(listener, mode, ctx, cancel.clone()));
+        Ok(Proxy {
+            active,
+            stats,
+            cancel,
+            listen,
+        })
+    }
+
+    /// Route new requests/connections to `backend` (None: answer 503 / close).
+    pub fn switch(&self, backend: Option<Backend>) {
+        self.active.send_replace(backend);
+    }
+
+    pub fn active(&self) -> Option<Backend> {
+        *self.active.borrow()
+    }
+
+    pub fn stats(&self) -> &Arc<SlotStats> {
+        &self.stats
+    }
+}
+
+struct Ctx {
+    backend: watch::Receiver<Option<Backend>>,
+    stats: Arc<SlotStats>,
+    client: Client<HttpConnector, Body>,
+    service: String,
+}
+
+fn http_client() -> Client<HttpConnector, Body> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(64)
+        .build(connector)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    mode: ProxyMode,
+    ctx: Arc<Ctx>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(service = %ctx.service, error = %e, "proxy accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = ctx.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            match mode {
+                ProxyMode::Tcp => tcp_connection(stream, &ctx, cancel).await,
+                ProxyMode::Http => http_connection(stream, peer, ctx, cancel).await,
+            }
+        });
+    }
+}
+
+async fn tcp_connection(mut client: TcpStream, ctx: &Ctx, cancel: CancellationToken) {
+    let Some(backend) = *ctx.backend.borrow() else {
+        return;
+    };
+    let _open = OpenGuard::new(&ctx.stats, backend.slot);
+    let cut = ctx.stats.cut_token(backend.slot);
+    let mut upstream = match TcpStream::connect(backend.addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(service = %ctx.service, backend = %backend.addr, error = %e, "proxy cannot reach the backend");
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+        _ = cut.cancelled() => {}
+        _ = cancel.cancelled() => {}
+    }
+}
+
+async fn http_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Ctx>,
+    cancel: CancellationToken,
+) {
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, std::convert::Infallible>(forward(req, peer, &ctx).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::select! {
+        _ = conn => {}
+        _ = cancel.cancelled() => {}
+    }
+}
+
+const HOP_BY_HOP: &[header::HeaderName] = &[
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let named: Vec<header::HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| header::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for h in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(h);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get(header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"))
+}
+
+fn plain(status: StatusCode, text: &str) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(text.to_owned()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+async fn forward(mut req: Request<Incoming>, peer: SocketAddr, ctx: &Ctx) -> Response<Body> {
+    let Some(backend) = *ctx.backend.borrow() else {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no release of this service is running\n",
+        );
+    };
+    let guard = OpenGuard::new(&ctx.stats, backend.slot);
+    let upgrade = is_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_owned();
+    let uri: http::Uri = match format!("http://{}{}", backend.addr, path).parse() {
+        Ok(u) => u,
+        Err(_) => return plain(StatusCode::BAD_REQUEST, "bad request target\n"),
+    };
+    if parts.headers.get(header::HOST).is_none() {
+        if let Some(auth) = parts.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+    }
+    let upgrade_headers = upgrade.then(|| {
+        (
+            parts.headers.get(header::CONNECTION).cloned(),
+            parts.headers.get(header::UPGRADE).cloned(),
+        )
+    });
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some((conn, up)) = upgrade_headers {
+        if let (Some(c), Some(u)) = (conn, up) {
+            parts.headers.insert(header::CONNECTION, c);
+            parts.headers.insert(header::UPGRADE, u);
+        }
+    }
+    let xff = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prev) => format!("{prev}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        parts.headers.insert("x-forwarded-for", v);
+    }
+    parts
+        .headers
+        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    let bodyless = hyper::body::Body::is_end_stream(&body);
+    let idempotent = matches!(
+        parts.method,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::PUT
+            | http::Method::DELETE
+    );
+    let retry_parts = (bodyless && idempotent && !upgrade).then(|| clone_parts(&parts));
+    let first = ctx
+        .client
+        .request(Request::from_parts(parts, body.boxed()))
+        .await;
+    let result = match (first, retry_parts) {
+        (Err(e), Some(parts)) => {
+            tracing::debug!(service = %ctx.service, error = %e, "upstream failed before responding; retrying once");
+            let empty = Empty::<Bytes>::new()
+                .map_err(|never| match never {})
+                .boxed();
+            ctx.client.request(Request::from_parts(parts, empty)).await
+        }
+        (r, _) => r,
+    };
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(service = %ctx.service, backend = %backend.addr, error = %e, "proxy request failed");
+            return plain(StatusCode::BAD_GATEWAY, "the service did not answer\n");
+        }
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let backend_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                let _guard = guard;
+                if let (Ok(c), Ok(b)) = (client_upgrade.await, backend_upgrade.await) {
+                    let _ =
+                        tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(b))
+                            .await;
+                }
+            });
+            let (parts, _) = resp.into_parts();
+            return Response::from_parts(
+                parts,
+                Empty::new().map_err(|never| match never {}).boxed(),
+            );
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(
+        parts,
+        GuardedBody {
+            inner: body,
+            _guard: guard,
+        }
+        .boxed(),
+    )
+}
+
+fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
+    let mut b = Request::builder()
+        .method(p.method.clone())
+        .uri(p.uri.clone())
+        .version(p.version);
+    if let Some(h) = b.headers_mut() {
+        *h = p.headers.clone();
+    }
+    // Building from cloned, already-valid parts cannot fail.
+    b.body(())
+        .map(|r| r.into_parts().0)
+        .unwrap_or_else(|_| Request::new(()).into_parts().0)
+}
+
+/// A response body that keeps its slot's in-flight count until it is fully sent (or dropped).
+struct GuardedBody {
+    inner: Incoming,
+    _guard: OpenGuard,
+}
+
+impl hyper::body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,668 @@
+//! The deploy procedure (DESIGN §4), driven inside the supervisor task that owns both slots.
+//!
+//! Port swap (`[deploy]`): start the release on the idle slot → wait until it is ready (within
+//! `timeout`) → switch the proxy (or run `switch_command`) → watch it for `watch` (a crash or
+//! unhealthy → switch back, stop it: rolled back) → give the old slot's connections up to
+//! `drain` → stop the old release → succeeded. Restart strategy (no `[deploy]`): stop the old
+//! release, start the new one, wait until ready; on failure start the old one again.
+//!
+//! `advance_deploy` is called after every change of either slot and decides the next step.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::process::SpawnSpec;
+use super::spec::{self, InstanceParams};
+use super::state::{Input, Machine, State};
+use super::task::Supervisor;
+use super::{DeployMsg, DeployRequest, Health};
+use crate::api::proto::{ApiError, ErrorCode};
+use crate::config::{RestartConfig, RestartPolicy, SwitchMode, substitute};
+use crate::deploy::proxy::Backend;
+use crate::event::EventKind;
+
+/// Default for services without `[deploy]` (restart strategy).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a `switch_command` may run.
+const SWITCH_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Strategy {
+    PortSwap,
+    Restart,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Restart strategy: waiting for the old release to stop.
+    StoppingOld,
+    /// The new release is starting; it must be ready by the deadline.
+    Starting { deadline: Instant },
+    /// Switched; the new release must stay up and healthy until the deadline.
+    Watching { deadline: Instant },
+    /// The old release's open connections get until the deadline.
+    Draining { deadline: Instant },
+    /// The old release was told to stop.
+    StoppingPrevious,
+}
+
+/// The final result of a deploy (*contract*: `succeeded | failed | rolled_back`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outcome {
+    Succeeded,
+    Failed,
+    RolledBack,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::RolledBack => "rolled_back",
+        }
+    }
+}
+
+/// A deploy in progress.
+pub(super) struct DeployRun {
+    pub(super) id: String,
+    pub(super) release: String,
+    pub(super) previous: String,
+    pub(super) candidate: usize,
+    pub(super) old: usize,
+    pub(super) phase: Phase,
+    strategy: Strategy,
+    started: Instant,
+    timeout: Duration,
+    who: String,
+    rollback: bool,
+    announced_start: bool,
+    progress: mpsc::UnboundedSender<DeployMsg>,
+}
+
+impl DeployRun {
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Starting { deadline }
+            | Phase::Watching { deadline }
+            | Phase::Draining { deadline } => Some(deadline),
+            Phase::StoppingOld | Phase::StoppingPrevious => None,
+        }
+    }
+
+    /// "v42 (watching)" for status.
+    pub(super) fn describe(&self) -> String {
+        let phase = match self.phase {
+            Phase::StoppingOld => "stopping the old release",
+            Phase::Starting { .. } => "starting",
+            Phase::Watching { .. } => "watching",
+            Phase::Draining { .. } => "draining the old release",
+            Phase::StoppingPrevious => "stopping the old release",
+        };
+        format!("{} ({phase}, {})", self.release, self.id)
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn step(&self, mut v: Value) {
+        if let Some(o) = v.as_object_mut() {
+            o.insert("deploy_id".into(), json!(self.id));
+            o.insert("elapsed_ms".into(), json!(self.elapsed_ms()));
+        }
+        let _ = self.progress.send(DeployMsg::Step(v));
+    }
+}
+
+fn down(state: State) -> bool {
+    matches!(
+        state,
+        State::Inactive | State::Failed | State::Exited | State::BadSetting
+    )
+}
+
+impl Supervisor {
+    /// Accept a deploy (or refuse it: one per service at a time).
+    pub(super) async fn start_deploy(
+        &mut self,
+        req: DeployRequest,
+        progress: mpsc::UnboundedSender<DeployMsg>,
+    ) -> Result<String, ApiError> {
+        if let Some(d) = &self.deploy {
+            return Err(ApiError::new(
+                ErrorCode::Busy,
+                format!(
+                    "a deploy of {} is already running: {} ({}) started by {} {}s ago; wait for it or run `orchctl rollback {}`",
+                    self.unit.name,
+                    d.id,
+                    d.describe(),
+                    d.who,
+                    d.started.elapsed().as_secs(),
+                    self.unit.name
+                ),
+            ));
+        }
+        if self.unit.is_monitor_only() {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "{} is monitor-only: there is nothing to deploy",
+                    self.unit.name
+                ),
+            ));
+        }
+        let strategy = if self.unit.deploy.is_some() {
+            Strategy::PortSwap
+        } else {
+            Strategy::Restart
+        };
+        let timeout = req
+            .timeout
+            .or(self.unit.deploy.as_ref().map(|d| d.timeout))
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let old = self.active;
+        let candidate = 1 - old;
+        if !down(self.slots[candidate].machine.state()) {
+            return Err(ApiError::new(
+                ErrorCode::Busy,
+                format!(
+                    "slot {candidate} of {} is still stopping; try again in a moment",
+                    self.unit.name
+                ),
+            ));
+        }
+        let millis = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let id = format!("{}-{millis}", self.unit.name);
+        let previous = self.slots[old].release.clone();
+        // The candidate gets no restarts: a crash while it is judged fails the deploy.
+        let judged = RestartConfig {
+            policy: RestartPolicy::No,
+            ..self.unit.restart.clone()
+        };
+        let slot = &mut self.slots[candidate];
+        slot.release = req.release.clone();
+        slot.machine = Machine::new(judged, self.unit.stop.clone());
+        let now = Instant::now();
+        let phase = match strategy {
+            Strategy::PortSwap => Phase::Starting {
+                deadline: now + timeout,
+            },
+            Strategy::Restart => Phase::StoppingOld,
+        };
+        let run = DeployRun {
+            id: id.clone(),
+            release: req.release.clone(),
+            previous: previous.clone(),
+            candidate,
+            old,
+            phase,
+            strategy,
+            started: now,
+            timeout,
+            who: req.who.clone(),
+            rollback: req.rollback,
+            announced_start: false,
+            progress,
+        };
+        tracing::info!(service = %self.unit.name, deploy = %id, release = %req.release, previous = %previous, who = %req.who, "deploy started");
+        run.step(json!({ "step": "deploying", "release": req.release, "previous": previous, "strategy": match strategy { Strategy::PortSwap => "port-swap", Strategy::Restart => "restart" } }));
+        self.publish(EventKind::DeployStarted {
+            deploy_id: id.clone(),
+            release: req.release,
+            previous,
+            who: req.who,
+        });
+        self.deploy = Some(run);
+        match strategy {
+            Strategy::PortSwap => self.feed(candidate, Input::Start).await,
+            Strategy::Restart => self.feed(old, Input::Stop).await,
+        }
+        Ok(id)
+    }
+
+    /// Take every step the current state allows.
+    pub(super) async fn advance_deploy(&mut self) {
+        let mut guard = 0;
+        while self.deploy.is_some() && guard < 16 {
+            guard += 1;
+            if !Box::pin(self.deploy_tick()).await {
+                break;
+            }
+        }
+    }
+
+    /// One step; true when something changed and the state should be looked at again.
+    async fn deploy_tick(&mut self) -> bool {
+        let Some(d) = &self.deploy else { return false };
+        let (cand, old, phase) = (d.candidate, d.old, d.phase);
+        match phase {
+            Phase::StoppingOld => {
+                if !down(self.slots[old].machine.state()) {
+                    return false;
+                }
+                let deadline = Instant::now() + d.timeout;
+                self.set_phase(Phase::Starting { deadline });
+                self.feed_candidate_start(cand).await;
+                true
+            }
+            Phase::Starting { .. } => self.tick_starting(cand, old).await,
+            Phase::Watching { .. } => {
+                let c = &self.slots[cand];
+                if c.machine.state() == State::Running && c.health() != Health::Unhealthy {
+                    return false;
+                }
+                let why = self.candidate_trouble(cand, "during the watch");
+                self.roll_back(why).await;
+                true
+            }
+            Phase::Draining { .. } => {
+                let open = self.proxy.as_ref().map_or(0, |p| p.stats().open(old));
+                if open > 0 && !down(self.slots[old].machine.state()) {
+                    return false;
+                }
+                self.stop_previous(old).await;
+                true
+            }
+            Phase::StoppingPrevious => {
+                if !down(self.slots[old].machine.state()) {
+                    return false;
+                }
+                if let Some(d) = &self.deploy {
+                    d.step(json!({ "step": "old_stopped", "release": d.previous }));
+                }
+                self.finish(Outcome::Succeeded, None);
+                true
+            }
+        }
+    }
+
+    async fn feed_candidate_start(&mut self, cand: usize) {
+        Box::pin(self.feed(cand, Input::Start)).await;
+    }
+
+    async fn tick_starting(&mut self, cand: usize, old: usize) -> bool {
+        let Some(d) = &self.deploy else { return false };
+        let c = &self.slots[cand];
+        if !d.announced_start {
+            if let Some(inst) = &c.instance {
+                d.step(json!({ "step": "started", "release": d.release, "pid": inst.pid, "port": c.port(&self.unit), "slot": cand }));
+                if let Some(d) = self.deploy.as_mut() {
+                    d.announced_start = true;
+                }
+                return true;
+            }
+        }
+        if c.ready() {
+            d.step(json!({ "step": "healthy", "release": d.release, "after_ms": d.elapsed_ms() }));
+            if d.strategy == Strategy::Restart {
+                self.active = cand;
+                self.finish(Outcome::Succeeded, None);
+                return true;
+            }
+            if let Err(e) = self.switch_to(cand).await {
+                self.stop_slot(cand).await;
+                self.finish(
+                    Outcome::Failed,
+                    Some(format!(
+                        "switching to the new release failed: {e}; nothing was switched"
+                    )),
+                );
+                return true;
+            }
+            self.after_switch(cand);
+            return true;
+        }
+        if matches!(
+            c.machine.state(),
+            State::Failed | State::Exited | State::Backoff | State::Inactive
+        ) && d.announced_start
+            || matches!(c.machine.state(), State::Failed)
+        {
+            let why = self.candidate_trouble(cand, "before it became ready");
+            self.fail_start(cand, old, why).await;
+            return true;
+        }
+        false
+    }
+
+    fn after_switch(&mut self, cand: usize) {
+        let Some(d) = self.deploy.as_ref() else {
+            return;
+        };
+        let port = self.slots[cand].port(&self.unit);
+        let watch = self
+            .unit
+            .deploy
+            .as_ref()
+            .map_or(Duration::ZERO, |d| d.watch);
+        let (id, release) = (d.id.clone(), d.release.clone());
+        d.step(json!({ "step": "switched", "release": release, "port": port }));
+        d.step(
+            json!({ "step": "watching", "release": release, "for_ms": watch.as_millis() as u64 }),
+        );
+        self.active = cand;
+        tracing::info!(service = %self.unit.name, deploy = %id, release = %release, "switched");
+        self.publish(EventKind::Switched {
+            deploy_id: id,
+            release,
+            port,
+        });
+        self.set_phase(Phase::Watching {
+            deadline: Instant::now() + watch,
+        });
+    }
+
+    /// What went wrong with the candidate, in words.
+    fn candidate_trouble(&self, cand: usize, when: &str) -> String {
+        let c = &self.slots[cand];
+        let release = &c.release;
+        if c.health() == Health::Unhealthy {
+            let probe = c
+                .health
+                .as_ref()
+                .and_then(|t| t.last_failure())
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            return format!("release {release} turned unhealthy {when}: {probe}");
+        }
+        let reason = c
+            .machine
+            .reason()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        format!(
+            "release {release} {} {when}{reason}",
+            match c.machine.state() {
+                State::Failed | State::Exited | State::Inactive | State::Backoff => "stopped",
+                _ => "was not ready",
+            }
+        )
+    }
+
+    /// The candidate never became ready: stop it; the restart strategy brings the old back.
+    async fn fail_start(&mut self, cand: usize, old: usize, why: String) {
+        self.stop_slot(cand).await;
+        let restart = self
+            .deploy
+            .as_ref()
+            .is_some_and(|d| d.strategy == Strategy::Restart);
+        if restart {
+            self.active = old;
+            Box::pin(self.feed(old, Input::Start)).await;
+            self.finish(Outcome::RolledBack, Some(why));
+        } else {
+            self.finish(Outcome::Failed, Some(why));
+        }
+    }
+
+    /// Deadlines of the deploy's phases.
+    pub(super) async fn deploy_deadline(&mut self) {
+        let Some(d) = &self.deploy else { return };
+        let (cand, old) = (d.candidate, d.old);
+        match d.phase {
+            Phase::Starting { .. } => {
+                let secs = humantime::format_duration(d.timeout);
+                let health = self.slots[cand].health();
+                let last = self.slots[cand]
+                    .health
+                    .as_ref()
+                    .and_then(|t| t.last_failure())
+                    .map(|p| format!("; last probe: {p}"))
+                    .unwrap_or_default();
+                let why = format!(
+                    "release {} was not ready within {secs} (health {}){last}",
+                    d.release,
+                    health.as_str()
+                );
+                self.fail_start(cand, old, why).await;
+            }
+            Phase::Watching { .. } => {
+                let drain = self
+                    .unit
+                    .deploy
+                    .as_ref()
+                    .map_or(Duration::ZERO, |d| d.drain);
+                self.set_phase(Phase::Draining {
+                    deadline: Instant::now() + drain,
+                });
+            }
+            Phase::Draining { .. } => {
+                if let Some(p) = &self.proxy {
+                    p.stats().cut(old);
+                }
+                self.stop_previous(old).await;
+            }
+            Phase::StoppingOld | Phase::StoppingPrevious => {}
+        }
+        self.advance_deploy().await;
+        self.sync_proxy();
+        self.publish_status();
+    }
+
+    async fn stop_previous(&mut self, old: usize) {
+        self.set_phase(Phase::StoppingPrevious);
+        if !down(self.slots[old].machine.state()) {
+            Box::pin(self.feed(old, Input::Stop)).await;
+        }
+    }
+
+    async fn stop_slot(&mut self, slot: usize) {
+        if !down(self.slots[slot].machine.state()) {
+            Box::pin(self.feed(slot, Input::Stop)).await;
+        }
+    }
+
+    /// During the watch: switch back to the old release (still running), stop the new one.
+    async fn roll_back(&mut self, why: String) {
+        let Some(d) = &self.deploy else { return };
+        let (cand, old) = (d.candidate, d.old);
+        let old_runs = self.slots[old].machine.state() == State::Running;
+        if old_runs && self.switch_to(old).await.is_ok() {
+            self.active = old;
+            self.stop_slot(cand).await;
+            self.finish(Outcome::RolledBack, Some(why));
+        } else {
+            self.stop_slot(cand).await;
+            self.finish(
+                Outcome::Failed,
+                Some(format!(
+                    "{why}; the previous release is not running, nothing to roll back to"
+                )),
+            );
+        }
+    }
+
+    /// `orchctl rollback` while the previous release still runs: a pure switch.
+    pub(super) async fn instant_rollback(&mut self) -> Option<Value> {
+        let d = self.deploy.as_ref()?;
+        let (cand, old, phase) = (d.candidate, d.old, d.phase);
+        let final_rx = self.final_listener();
+        match phase {
+            Phase::Watching { .. } | Phase::Draining { .. }
+                if self.slots[old].machine.state() == State::Running =>
+            {
+                self.roll_back("rolled back by an operator".into()).await;
+            }
+            Phase::Starting { .. } | Phase::StoppingOld => {
+                self.fail_start(cand, old, "cancelled by an operator's rollback".into())
+                    .await;
+                if let Some(mut r) = final_rx.and_then(|mut rx| rx.try_recv().ok()) {
+                    if let Some(o) = r.as_object_mut() {
+                        o.insert("result".into(), json!(Outcome::RolledBack.as_str()));
+                    }
+                    return Some(r);
+                }
+                return Some(json!({ "result": Outcome::RolledBack.as_str() }));
+            }
+            _ => return None,
+        }
+        self.sync_proxy();
+        self.publish_status();
+        final_rx.and_then(|mut rx| rx.try_recv().ok())
+    }
+
+    /// A second receiver of the deploy's final object (for the rollback's own reply).
+    fn final_listener(&mut self) -> Option<tokio::sync::oneshot::Receiver<Value>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.final_tap = Some(tx);
+        Some(rx)
+    }
+
+    /// Stop or shutdown during a deploy: end it consistently.
+    pub(super) async fn abort_deploy(&mut self, why: &str) {
+        let Some(d) = &self.deploy else { return };
+        let (cand, old, phase) = (d.candidate, d.old, d.phase);
+        match phase {
+            Phase::Watching { .. } | Phase::Draining { .. } => self.roll_back(why.to_owned()).await,
+            _ => {
+                self.stop_slot(cand).await;
+                self.active = old;
+                self.finish(Outcome::Failed, Some(why.to_owned()));
+            }
+        }
+    }
+
+    fn set_phase(&mut self, phase: Phase) {
+        if let Some(d) = self.deploy.as_mut() {
+            d.phase = phase;
+        }
+    }
+
+    /// Point the public side at `slot`: the proxy, or the operator's `switch_command`.
+    async fn switch_to(&mut self, slot: usize) -> Result<(), String> {
+        let port = self.slots[slot].port(&self.unit);
+        let Some(cfg) = self.unit.deploy.clone() else {
+            return Ok(());
+        };
+        match cfg.switch {
+            SwitchMode::Proxy => {
+                if let (Some(p), Some(port)) = (&self.proxy, port) {
+                    p.switch(Some(Backend {
+                        slot,
+                        addr: ([127, 0, 0, 1], port).into(),
+                    }));
+                }
+                Ok(())
+            }
+            SwitchMode::Command => {
+                let argv = cfg.switch_command.unwrap_or_default();
+                self.run_switch_command(slot, &argv, port).await
+            }
+        }
+    }
+
+    async fn run_switch_command(
+        &mut self,
+        slot: usize,
+        argv: &[String],
+        port: Option<u16>,
+    ) -> Result<(), String> {
+        let release = self.slots[slot].release.clone();
+        let params = InstanceParams {
+            port,
+            release: release.clone(),
+            marker: format!("{}/{}/switch", self.shared.daemon_id, self.unit.name),
+            cgroup: None,
+        };
+        let mut spec: SpawnSpec =
+            spec::build_argv(&self.unit, argv, &params).map_err(|e| e.to_string())?;
+        spec.capture_output = false;
+        let shown: Vec<String> = argv.iter().map(|a| substitute(a, port, &release)).collect();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let spawned = self
+            .shared
+            .spawner
+            .spawn(spec, tx)
+            .await
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(SWITCH_COMMAND_TIMEOUT, rx.recv()).await {
+            Ok(Some(exit)) if exit.code == Some(0) => Ok(()),
+            Ok(Some(exit)) => Err(format!(
+                "{} {}",
+                shown.join(" "),
+                super::state::describe_exit(exit.code, exit.signal)
+            )),
+            Ok(None) => Err("lost track of the switch command".into()),
+            Err(_) => {
+                super::process::signal_group(spawned.pid, nix::sys::signal::Signal::SIGKILL);
+                Err(format!(
+                    "{} did not finish within {}",
+                    shown.join(" "),
+                    humantime::format_duration(SWITCH_COMMAND_TIMEOUT)
+                ))
+            }
+        }
+    }
+
+    /// End the deploy: event, final message, the candidate's normal restart policy.
+    fn finish(&mut self, outcome: Outcome, reason: Option<String>) {
+        let Some(d) = self.deploy.take() else { return };
+        if outcome == Outcome::Succeeded {
+            self.slots[d.candidate]
+                .machine
+                .reconfigure(self.unit.restart.clone(), self.unit.stop.clone());
+        }
+        let duration_ms = d.elapsed_ms();
+        let (release, to) = match outcome {
+            Outcome::Succeeded => (d.release.clone(), d.release.clone()),
+            _ => (d.release.clone(), d.previous.clone()),
+        };
+        let final_obj = json!({
+            "deploy_id": d.id,
+            "result": outcome.as_str(),
+            "release": release,
+            "previous": d.previous,
+            "active": to,
+            "duration_ms": duration_ms,
+            "reason": reason,
+            "rollback": d.rollback,
+        });
+        match outcome {
+            Outcome::Succeeded => {
+                tracing::info!(service = %self.unit.name, deploy = %d.id, release = %d.release, duration_ms, "deploy succeeded")
+            }
+            _ => {
+                tracing::warn!(service = %self.unit.name, deploy = %d.id, release = %d.release, result = outcome.as_str(), "deploy did not succeed: {}", reason.clone().unwrap_or_default())
+            }
+        }
+        let event = match outcome {
+            Outcome::Succeeded => EventKind::DeploySucceeded {
+                deploy_id: d.id.clone(),
+                release: d.release.clone(),
+                previous: d.previous.clone(),
+                duration_ms,
+                who: d.who.clone(),
+                rollback: d.rollback,
+            },
+            Outcome::Failed => EventKind::DeployFailed {
+                deploy_id: d.id.clone(),
+                release: d.release.clone(),
+                previous: d.previous.clone(),
+                reason: reason.clone().unwrap_or_default(),
+                duration_ms,
+                who: d.who.clone(),
+            },
+            Outcome::RolledBack => EventKind::RolledBack {
+                deploy_id: d.id.clone(),
+                release: d.release.clone(),
+                to: d.previous.clone(),
+                reason: reason.clone().unwrap_or_default(),
+                duration_ms,
+                who: d.who.clone(),
+            },
+        };
+        self.publish(event);
+        if let Some(tap) = self.final_tap.take() {
+            let _ = tap.send(final_obj.clone());
+        }
+        let _ = d.progress.send(DeployMsg::Done(final_obj));
+    }
+}
