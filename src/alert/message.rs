@@ -259,7 +259,7 @@ fn details(event: AlertEvent, f: &Facts) -> String {
                 .reason
                 .as_deref()
                 .map(|r| r.split(';').next().unwrap_or(r).trim().to_owned());
-            let mut p: Vec<String> = why.or(exit).into_iter().collect();
+            let mut p: Vec<String> = exit.or(why).into_iter().collect();
             if f.restarts > 0 {
                 p.push(format!("gave up after {} restarts", f.restarts));
             } else {

@@ -3,7 +3,10 @@
 
 mod util;
 
+mod alerts;
+
 mod api;
 mod core;
 mod health;
+mod receiver;
 mod stub;

@@ -84,7 +84,8 @@ impl Setup {
         self.path().join(name)
     }
 
-    fn write_config(&self) {
+    /// Write `orchd.toml` (also done by [`Setup::start`]; call it before a reload).
+    pub fn write_config(&self) {
         let cfg = format!(
             "units_dir = \"units\"\nstate_dir = \"state\"\n{}\n[api]\nsocket = \"orchd.sock\"\nsocket_group = \"\"\ndbus = \"off\"\n",
             self.extra_config
@@ -102,6 +103,11 @@ impl Setup {
 
     /// Start orchd and wait until its socket answers.
     pub fn start(&self) -> Orchd {
+        self.start_with_env(&[])
+    }
+
+    /// Start orchd with extra environment variables.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Orchd {
         self.write_config();
         let log = self
             .path()
@@ -110,6 +116,7 @@ impl Setup {
             .arg("--config")
             .arg(self.config_path())
             .env("ORCH_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
