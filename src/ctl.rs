@@ -74,6 +74,9 @@ impl Output {
                 }
             }
             "reload" => print!("{}", reload_text(v)),
+            "alert-test" => print!("{}", alert_test_text(v)),
+            "silence" | "unsilence" => print!("{}", silence_text(cmd, v)),
+            "silences" => print!("{}", silences_text(v)),
             _ => {
                 if !v.is_null() {
                     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
@@ -265,9 +268,80 @@ fn reload_text(v: &Value) -> String {
     out
 }
 
+fn alert_test_text(v: &Value) -> String {
+    let mut out = String::new();
+    for c in v
+        .get("channels")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = c.get("channel").and_then(Value::as_str).unwrap_or("?");
+        match c.get("error").and_then(Value::as_str) {
+            None => out.push_str(&format!("{name}: delivered\n")),
+            Some(e) => out.push_str(&format!("{name}: error: {e}\n")),
+        }
+    }
+    out
+}
+
+fn silence_line(s: &Value) -> String {
+    let f = |k: &str| s.get(k).and_then(Value::as_str).unwrap_or("-");
+    let mut line = format!("{}  {}  until {}", f("id"), f("target"), f("until"));
+    let held = s.get("held").and_then(Value::as_array).map_or(0, Vec::len);
+    if held > 0 {
+        line.push_str(&format!("  ({held} held back)"));
+    }
+    if let Some(r) = s.get("reason").and_then(Value::as_str) {
+        line.push_str(&format!("  reason: {r}"));
+    }
+    line
+}
+
+fn silence_text(cmd: &str, v: &Value) -> String {
+    let s = v.get("silence").cloned().unwrap_or(Value::Null);
+    let verb = if cmd == "silence" {
+        "silenced"
+    } else {
+        "ended"
+    };
+    format!("{verb}: {}\n", silence_line(&s))
+}
+
+fn silences_text(v: &Value) -> String {
+    let list: Vec<&Value> = v
+        .get("silences")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .collect();
+    if list.is_empty() {
+        return "no active silences\n".to_owned();
+    }
+    list.iter().map(|s| silence_line(s) + "\n").collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alert_output() {
+        let v = serde_json::json!({"channels":[{"channel":"oncall","delivered":true},{"channel":"slack","delivered":false,"error":"POST https://hooks.slack.com/…: HTTP 404 Not Found"}]});
+        assert_eq!(
+            alert_test_text(&v),
+            "oncall: delivered\nslack: error: POST https://hooks.slack.com/…: HTTP 404 Not Found\n"
+        );
+        let s = serde_json::json!({"id":"s0a1b2c","target":"api","until":"2026-01-01T02:00:00Z","reason":"migration","held":[{}]});
+        assert_eq!(
+            silence_text("silence", &serde_json::json!({ "silence": s })),
+            "silenced: s0a1b2c  api  until 2026-01-01T02:00:00Z  (1 held back)  reason: migration\n"
+        );
+        assert_eq!(
+            silences_text(&serde_json::json!({"silences":[]})),
+            "no active silences\n"
+        );
+    }
 
     #[test]
     fn durations_are_compact() {

@@ -15,6 +15,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::alert::{self, AlerterSpec};
 use crate::api::handler::Context;
 use crate::api::{dbus, socket};
 use crate::config::{Config, DbusMode};
@@ -91,13 +92,36 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let api = Arc::new(config.daemon.api.clone());
-    let (manager, manager_task) =
-        Manager::start(config, shared, cancel.child_token(), tracker.clone());
+    let (alerts, alert_commands) = alert::channel();
+    // Subscribed before any service starts, so the first crash is seen.
+    let alert_events = bus.subscribe();
+    let (alerts_config, units) = (config.daemon.alerts.clone(), config.units.clone());
+    let (manager, manager_task) = Manager::start(
+        config,
+        shared,
+        cancel.child_token(),
+        tracker.clone(),
+        Some(alerts.clone()),
+    );
+    alert::spawn(
+        AlerterSpec {
+            host: host_name(),
+            state_dir: state_dir.clone(),
+            alerts: alerts_config,
+            units,
+            manager: manager.clone(),
+            events: alert_events,
+        },
+        alert_commands,
+        cancel.child_token(),
+        &tracker,
+    );
 
     let ctx = Context {
         manager: manager.clone(),
         bus,
         events,
+        alerts,
     };
     if api.dbus != DbusMode::Off {
         tracker.spawn(dbus::serve(api.clone(), ctx.clone(), cancel.child_token()));
@@ -152,6 +176,14 @@ async fn reload(manager: &ManagerHandle) {
         }
         Err(e) => tracing::error!("reload refused: {}", e.message),
     }
+}
+
+/// This machine's name, for alert subjects.
+fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 fn sweep_leftovers(id: &str, cgroups: Option<&CgroupRoot>) {

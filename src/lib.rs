@@ -14,17 +14,21 @@
 //!        │                          process::Spawner thread (fork+exec, PDEATHSIG)
 //!        │                          reaper thread (SIGCHLD, waitpid(-1)), cgroups
 //!        └──────── events (event::EventBus broadcast) <───────┘
+//!                               │
+//!                 alert task (policy, silences, outbox) ──> email (lettre), webhook (reqwest)
 //! ```
 //!
 //! - [`config`]: the serde mirror of orchd.toml and units, validation into typed units.
 //! - [`supervisor`]: one task per service; [`supervisor::state`] is the pure state machine.
 //! - [`manager`]: the registry; routes requests; dependency order; reload diff.
 //! - [`api`]: wire protocol, authorization by peer credentials, socket server, client.
+//! - [`alert`]: the Alerter: dedup, recoveries, silences, durable outbox, email and webhooks.
 //! - [`event`]: facts on one broadcast bus, and the recent-events log.
 //! - [`state`]: persisted per-service state, written atomically.
 //! - [`daemon`]: start-up, signals, readiness, watchdog, shutdown.
 //! - [`ctl`]: `orchctl`'s human and JSON output.
 
+pub mod alert;
 pub mod api;
 pub mod config;
 pub mod ctl;

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::auth::Rights;
 use super::proto::{ApiError, Command, ErrorCode};
+use crate::alert::AlertHandle;
 use crate::event::{EventBus, EventLog};
 use crate::manager::{ManagerHandle, Op, is_down, is_settled};
 use crate::supervisor::{ServiceStatus, State};
@@ -24,6 +25,7 @@ pub struct Context {
     pub manager: ManagerHandle,
     pub bus: EventBus,
     pub events: EventLog,
+    pub alerts: AlertHandle,
 }
 
 /// Does this command stream partial results?
@@ -61,6 +63,14 @@ pub async fn execute(
             let report = ctx.manager.reload(dry_run).await?;
             Ok(serde_json::to_value(report).unwrap_or(Value::Null))
         }
+        Command::AlertTest { channel } => alert_test(ctx, channel).await,
+        Command::Silence {
+            target,
+            duration,
+            reason,
+        } => silence(ctx, target, &duration, reason).await,
+        Command::Silences {} => Ok(json!({ "silences": ctx.alerts.silences().await? })),
+        Command::Unsilence { id } => Ok(json!({ "silence": ctx.alerts.unsilence(id).await? })),
         other => Err(ApiError::new(
             ErrorCode::NotSupported,
             format!(
@@ -70,6 +80,51 @@ pub async fn execute(
             ),
         )),
     }
+}
+
+/// Every channel's result; an error (exit 1) when any failed, with the reports as detail.
+async fn alert_test(ctx: &Context, channel: Option<String>) -> Result<Value, ApiError> {
+    let reports = ctx.alerts.test(channel).await?;
+    let result = json!({ "channels": reports });
+    let failed: Vec<String> = reports
+        .iter()
+        .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.channel)))
+        .collect();
+    if failed.is_empty() {
+        return Ok(result);
+    }
+    let mut e = ApiError::new(
+        ErrorCode::Failed,
+        format!("test alert not delivered:\n{}", failed.join("\n")),
+    );
+    e.detail = Some(result);
+    Err(e)
+}
+
+async fn silence(
+    ctx: &Context,
+    target: String,
+    duration: &str,
+    reason: Option<String>,
+) -> Result<Value, ApiError> {
+    let d = humantime::parse_duration(duration).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("bad duration {duration:?} for --for: {e} (e.g. \"30m\", \"2h\")"),
+        )
+    })?;
+    if d.is_zero() {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "--for must be longer than 0s",
+        ));
+    }
+    if target != "all" {
+        // Errors with the list of known services when there is no such one.
+        ctx.manager.status(vec![target.clone()]).await?;
+    }
+    let s = ctx.alerts.silence(target, d, reason).await?;
+    Ok(json!({ "silence": s }))
 }
 
 async fn control(ctx: &Context, op: Op, services: Vec<String>) -> Result<Value, ApiError> {

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 pub use reload::ReloadReport;
 
+use crate::alert::AlertHandle;
 use crate::api::proto::{ApiError, ErrorCode};
 use crate::config::{Config, Unit, UnitEntry};
 use crate::state::PersistedState;
@@ -155,6 +156,8 @@ pub struct Manager {
     persisted: PersistedState,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    /// Told about reloaded `[alerts]` and units (never awaited).
+    alerts: Option<AlertHandle>,
 }
 
 impl Manager {
@@ -164,6 +167,7 @@ impl Manager {
         shared: Shared,
         cancel: CancellationToken,
         tracker: TaskTracker,
+        alerts: Option<AlertHandle>,
     ) -> (ManagerHandle, tokio::task::JoinHandle<()>) {
         let persisted = PersistedState::load(&config.daemon.state_dir);
         let mut m = Manager {
@@ -173,6 +177,7 @@ impl Manager {
             persisted,
             cancel,
             tracker,
+            alerts,
         };
         let units: Vec<(String, UnitEntry)> = m
             .config

@@ -127,6 +127,9 @@ impl Manager {
             }
         }
         drop(old);
+        if let Some(alerts) = &self.alerts {
+            alerts.reconfigure(self.config.daemon.alerts.clone(), self.config.units.clone());
+        }
         Ok(report)
     }
 

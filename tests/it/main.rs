@@ -3,8 +3,11 @@
 
 mod util;
 
+mod alerts;
+
 mod api;
 mod core;
 mod dbus;
 mod health;
+mod receiver;
 mod stub;

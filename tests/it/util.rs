@@ -90,7 +90,8 @@ impl Setup {
         self.path().join(name)
     }
 
-    fn write_config(&self) {
+    /// Write `orchd.toml` (also done by [`Setup::start`]; call it before a reload).
+    pub fn write_config(&self) {
         let cfg = format!(
             "units_dir = \"units\"\nstate_dir = \"state\"\n{}\n[api]\nsocket = \"orchd.sock\"\nsocket_group = \"\"\ndbus = \"{}\"\n",
             self.extra_config, self.dbus
@@ -108,6 +109,11 @@ impl Setup {
 
     /// Start orchd and wait until its socket answers.
     pub fn start(&self) -> Orchd {
+        self.start_with_env(&[])
+    }
+
+    /// Start orchd with extra environment variables.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Orchd {
         self.write_config();
         let log = self
             .path()
@@ -117,6 +123,7 @@ impl Setup {
             .arg(self.config_path())
             .env("ORCH_LOG", "debug")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
