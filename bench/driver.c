@@ -81,13 +81,16 @@ struct stamp {
     long long start, end;
 };
 
-/* Next "S" line (G lines are stored in *g if given, else skipped). */
-static int next_stamp(struct stamp *s, int *g, int timeout_ms) {
+/* Grandchild pids from "G" lines (fork mode), in the order read. */
+static int gpids[4096], ngpids;
+
+/* Next "S" line; "G" lines met on the way are appended to gpids. */
+static int next_stamp(struct stamp *s, int timeout_ms) {
     char line[256];
     for (;;) {
         if (!next_line(line, sizeof line, timeout_ms)) return 0;
         if (line[0] == 'G') {
-            if (g) *g = atoi(line + 2);
+            if (ngpids < (int)(sizeof gpids / sizeof *gpids)) gpids[ngpids++] = atoi(line + 2);
             continue;
         }
         if (sscanf(line, "S %d %lld %lld", &s->pid, &s->start, &s->end) == 3) return 1;
@@ -161,13 +164,13 @@ int main(int argc, char **argv) {
     if (strcmp(mode, "restart") == 0) {
         int up_ms = argc > 6 ? atoi(argv[6]) : 1000;
         pid_t orchd = launch(NULL);
-        if (!next_stamp(&s, NULL, 10000)) die("service did not start");
+        if (!next_stamp(&s, 10000)) die("service did not start");
         for (int i = 0; i < n; i++) {
             usleep((useconds_t)up_ms * 1000);
             long long t = mono_ns();
             kill(s.pid, SIGKILL);
             int old = s.pid;
-            if (!next_stamp(&s, NULL, 10000)) die("no restart within 10 s");
+            if (!next_stamp(&s, 10000)) die("no restart within 10 s");
             if (s.pid == old) die("same pid");
             printf("latency_us %.1f\n", (s.start - t) / 1e3);
             fflush(stdout);
@@ -175,10 +178,10 @@ int main(int argc, char **argv) {
         stop(orchd);
     } else if (strcmp(mode, "crashloop") == 0) {
         pid_t orchd = launch(NULL);
-        if (!next_stamp(&s, NULL, 10000)) die("service did not start");
+        if (!next_stamp(&s, 10000)) die("service did not start");
         for (int i = 0; i < n; i++) {
             long long prev_end = s.end;
-            if (!next_stamp(&s, NULL, 10000)) die("no restart within 10 s");
+            if (!next_stamp(&s, 10000)) die("no restart within 10 s");
             printf("gap_us %.1f\n", (s.start - prev_end) / 1e3);
         }
         stop(orchd);
@@ -187,7 +190,7 @@ int main(int argc, char **argv) {
         pid_t orchd = launch(&t0);
         long long first = 0, last = 0;
         for (int i = 0; i < n; i++) {
-            if (!next_stamp(&s, NULL, 20000)) die("services did not all start");
+            if (!next_stamp(&s, 20000)) die("services did not all start");
             if (i == 0) first = s.start;
             if (s.start > last) last = s.start;
         }
@@ -199,12 +202,11 @@ int main(int argc, char **argv) {
         int np = 0;
         pid_t orchd = launch(NULL);
         for (int i = 0; i < n; i++) {
-            int g = 0;
-            if (!next_stamp(&s, &g, 20000)) die("services did not all start");
+            if (!next_stamp(&s, 20000)) die("services did not all start");
             pids[np++] = s.pid;
-            if (g) pids[np++] = g;
         }
         usleep(300 * 1000);
+        for (int i = 0; i < ngpids && np < n * 2; i++) pids[np++] = gpids[i];
         int before = 0;
         for (int i = 0; i < np; i++) before += alive(pids[i]);
         kill(orchd, SIGKILL);
@@ -212,7 +214,7 @@ int main(int argc, char **argv) {
         long long t0 = mono_ns();
         pid_t second = launch(NULL);
         for (int i = 0; i < n; i++)
-            if (!next_stamp(&s, NULL, 20000)) die("second orchd did not start its services");
+            if (!next_stamp(&s, 20000)) die("second orchd did not start its services");
         long long t1 = mono_ns();
         int left = 0;
         for (int i = 0; i < np; i++) left += alive(pids[i]);
@@ -226,7 +228,7 @@ int main(int argc, char **argv) {
         if (argc < 8 || strcmp(argv[6], "--") != 0) die("usage: driver up ORCHD CONFIG FIFO N -- CMD...");
         pid_t orchd = launch(NULL);
         for (int i = 0; i < n; i++)
-            if (!next_stamp(&s, NULL, 20000)) die("services did not all start");
+            if (!next_stamp(&s, 20000)) die("services did not all start");
         char pidstr[32];
         snprintf(pidstr, sizeof pidstr, "%d", (int)orchd);
         setenv("ORCHD_PID", pidstr, 1);

@@ -211,8 +211,14 @@ bench_status() {
 }
 
 _socket() {
+    local c0 c1 hz
+    hz=$(getconf CLK_TCK)
     for r in 1 2 3; do
+        c0=$(awk '{print $14+$15}' "/proc/$ORCHD_PID/stat")
         x "$REL/examples/socket_load" "$1" 16 5 1 >"$2.$r"
+        c1=$(awk '{print $14+$15}' "/proc/$ORCHD_PID/stat")
+        # orchd's CPU over the whole run (warm-up included) per measured request.
+        awk -v c="$((c1 - c0))" -v hz="$hz" '$1=="requests" {printf "orchd_cpu_ms %d orchd_cpu_us_per_req %.0f\n", c*1000/hz, c*1e6/hz/($2*6/5)}' "$2.$r" >>"$2.$r"
         echo "run $r: $(tr '\n' ' ' <"$2.$r")"
     done
 }
