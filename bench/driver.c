@@ -156,6 +156,7 @@ int main(int argc, char **argv) {
     prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     unlink(fifo);
     if (mkfifo(fifo, 0666) != 0) die("mkfifo");
+    chmod(fifo, 0666); /* services may run as another user */
     fifo_fd = open(fifo, O_RDWR | O_CLOEXEC);
     if (fifo_fd < 0) die("open fifo");
     fcntl(fifo_fd, F_SETPIPE_SZ, 1 << 20);

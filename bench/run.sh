@@ -9,6 +9,7 @@
 #   orphans    SIGKILL orchd, start it again: first-generation processes still alive
 #   status     `orchctl status` with 100 services, whole process (and /bin/true for reference)
 #   socket     `status` requests/s with 16 concurrent socket clients, p50/p99
+# Diagnosis only (not in the default set): nocgroup, cgroup, pss_scale
 #
 # Builds the release binaries (cargo build --release) and the C helpers in bench/*.c, then runs
 # each benchmark against a real orchd in a temp dir (config as tests/it/util.rs writes it).
@@ -31,11 +32,12 @@ x() { echo "+ $*" >&2; "$@"; }
 build() {
     mkdir -p "$B" "$RESULTS"
     (cd "$ROOT" && x cargo build --release --quiet --bin orchd --bin orchctl --example socket_load)
-    if ! x gcc -O2 -static -o "$B/stamp" "$ROOT/bench/stamp.c" 2>/dev/null; then
+    if ! x gcc -O2 -static -o "$B/stamp" "$ROOT/bench/stamp.c"; then
         x gcc -O2 -o "$B/stamp" "$ROOT/bench/stamp.c"
     fi
     x gcc -O2 -Wall -o "$B/driver" "$ROOT/bench/driver.c"
     x gcc -O2 -Wall -o "$B/execloop" "$ROOT/bench/execloop.c"
+    x gcc -O2 -Wall -o "$B/cgroup_probe" "$ROOT/bench/cgroup_probe.c"
 }
 
 # setup DIR N MODE [EXTRA_UNIT_TOML]: orchd.toml + N units svc000… running `stamp FIFO MODE`.
@@ -234,10 +236,64 @@ bench_socket() {
     echo "p99_ms: $(cat "$d"/sock.* | field p99_ms | stats)"
 }
 
+# Diagnosis, not an issue figure: restart and crash loop with orchd running as `nobody`, where it
+# cannot create cgroups and falls back to process group + environment marker (no cgroup.procs
+# write per spawn, no instance cgroup to remove).
+bench_nocgroup() {
+    local d
+    d=$(newdir)
+    chmod 777 "$d"
+    printf '#!/bin/sh\nexec setpriv --reuid=65534 --regid=65534 --clear-groups %s "$@"\n' "$ORCHD" >"$B/orchd-nobody"
+    chmod +x "$B/orchd-nobody"
+    setup "$d" 1 hold '[restart]\ndelay = "0s"\n'
+    echo "# as restart and crashloop, orchd as nobody: no cgroups (µs)"
+    x "$B/driver" restart "$B/orchd-nobody" "$d/orchd.toml" "$d/fifo" 11 2000 >"$d/out1"
+    echo "restart, up 2 s: $(field latency_us <"$d/out1" | tr '\n' ' ')"
+    echo "restart, up 2 s: $(field latency_us <"$d/out1" | stats)"
+    grep -q 'no writable cgroup' "$d/orchd.log" && echo "(orchd.log: no writable cgroup v2 tree; containing services by process group and environment marker)"
+    setup "$d" 1 crash '[restart]\ndelay = "0s"\n'
+    x "$B/driver" crashloop "$B/orchd-nobody" "$d/orchd.toml" "$d/fifo" 300 >"$d/out2"
+    echo "crash loop: $(field gap_us <"$d/out2" | stats)"
+    spawn_failures "$d"
+}
+
+# Diagnosis: orchd's PSS against the number of services (KiB; heap = Pss of [heap]).
+_pss() {
+    local p=$ORCHD_PID
+    sleep 1
+    echo "pss=$(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup")" \
+        "heap=$(awk '/\[heap\]/ {h=1; next} /^[0-9a-f]+-/ {h=0} h && /^Pss:/ {print $2}' "/proc/$p/smaps")" \
+        "anon_rss=$(awk '/^RssAnon/ {print $2}' "/proc/$p/status")" \
+        "vmpte=$(awk '/^VmPTE/ {print $2}' "/proc/$p/status")"
+}
+
+bench_pss_scale() {
+    local d n
+    echo "# orchd PSS by number of running services (KiB)"
+    for n in 0 1 10 100 200; do
+        d=$(newdir)
+        setup "$d" "$n" hold
+        echo "n=$n $(x "$B/driver" up "$ORCHD" "$d/orchd.toml" "$d/fifo" "$n" -- "$0" _pss)"
+    done
+}
+
+# Diagnosis: the cost of joining a cgroup v2 right after fork, after 500 ms idle and back to back.
+bench_cgroup() {
+    local root=/sys/fs/cgroup/unified
+    [ -f /sys/fs/cgroup/cgroup.subtree_control ] && root=/sys/fs/cgroup
+    local g=$root/orch-bench-probe.$$
+    echo "# µs from fork/clone3 to the child running in the cgroup (${root})"
+    for gap in 500 0; do
+        for m in procs clone3 plain; do
+            echo "$m, ${gap} ms apart: $(x "$B/cgroup_probe" "$m" "$g" "$gap" 8)"
+        done
+    done
+}
+
 ALL=(restart crashloop start stop idle orphans status socket)
 
 case "${1:-}" in
-_idle | _status | _socket)
+_idle | _status | _socket | _pss)
     f=$1
     shift
     "$f" "$@"
