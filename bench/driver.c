@@ -41,8 +41,14 @@ static long long mono_ns(void) {
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+static pid_t current_orchd; /* stopped by die(): never leave an orchd behind */
+
 static void die(const char *msg) {
     fprintf(stderr, "driver: %s\n", msg);
+    if (current_orchd > 0) {
+        kill(current_orchd, SIGTERM);
+        waitpid(current_orchd, NULL, 0);
+    }
     exit(1);
 }
 
@@ -117,6 +123,7 @@ static pid_t launch(long long *t0) {
         _exit(127);
     }
     if (lfd >= 0) close(lfd);
+    current_orchd = pid;
     return pid;
 }
 
