@@ -79,4 +79,3 @@ async fn run(socket: PathBuf, clients: usize, secs: f64, warmup: f64) -> anyhow:
     println!("max_ms {:.3}", pct(1.0));
     Ok(())
 }
-

@@ -38,6 +38,8 @@ impl Output {
             println!("{}", event_line(ev));
         } else if let Some(n) = v.get("skipped") {
             println!("… {n} skipped (output was faster than this reader)");
+        } else if v.get("step").is_some() {
+            println!("{}", deploy_step(v));
         }
         let _ = std::io::stdout().flush();
     }
@@ -74,6 +76,8 @@ impl Output {
                 }
             }
             "reload" => print!("{}", reload_text(v)),
+            "deploy" | "rollback" => println!("{}", deploy_result(v)),
+            "history" => print!("{}", history_text(v)),
             "alert-test" => print!("{}", alert_test_text(v)),
             "silence" | "unsilence" => print!("{}", silence_text(cmd, v)),
             "silences" => print!("{}", silences_text(v)),
@@ -373,4 +377,112 @@ mod tests {
         );
         assert_eq!(lines[3], "  └ gave up");
     }
+}
+
+fn ms_text(v: &Value, key: &str) -> String {
+    let ms = v.get(key).and_then(Value::as_u64).unwrap_or(0);
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    }
+}
+
+/// One line per deploy step, as it happens.
+fn deploy_step(v: &Value) -> String {
+    let s = |k: &str| {
+        v.get(k)
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| x.to_string())
+            })
+            .unwrap_or_default()
+    };
+    match s("step").as_str() {
+        "deploying" => format!(
+            "deploying {} (previous {}, {})",
+            s("release"),
+            s("previous"),
+            s("strategy")
+        ),
+        "started" => format!(
+            "started {} on port {} (pid {})",
+            s("release"),
+            s("port"),
+            s("pid")
+        ),
+        "healthy" => format!("{} is ready after {}", s("release"), ms_text(v, "after_ms")),
+        "switched" => format!(
+            "switched: new requests go to {} on port {}",
+            s("release"),
+            s("port")
+        ),
+        "watching" => format!("watching {} for {}", s("release"), ms_text(v, "for_ms")),
+        "old_stopped" => format!("old release {} stopped", s("release")),
+        other => format!("{other}: {v}"),
+    }
+}
+
+/// The final line of a deploy or rollback.
+fn deploy_result(v: &Value) -> String {
+    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    if v.get("detached").is_some() {
+        return format!(
+            "deploy {} of {} started; follow it with `orchctl events -f`",
+            s("deploy_id"),
+            s("release")
+        );
+    }
+    let took = ms_text(v, "duration_ms");
+    match s("result").as_str() {
+        "succeeded" => format!(
+            "deploy {} succeeded: {} is active (took {took})",
+            s("deploy_id"),
+            s("release")
+        ),
+        "rolled_back" => format!(
+            "deploy {} ROLLED BACK: {} serves again; {}",
+            s("deploy_id"),
+            s("previous"),
+            s("reason")
+        ),
+        _ => format!(
+            "deploy {} FAILED: {} still serves; {}",
+            s("deploy_id"),
+            s("previous"),
+            s("reason")
+        ),
+    }
+}
+
+/// `orchctl history SVC`: newest first.
+fn history_text(v: &Value) -> String {
+    let mut out =
+        String::from("FINISHED              RELEASE  PREVIOUS  RESULT       DURATION  WHO\n");
+    for e in v
+        .get("history")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .rev()
+    {
+        let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
+        out.push_str(&format!(
+            "{:<21} {:<8} {:<9} {:<12} {:<9} {}\n",
+            s("finished"),
+            s("release"),
+            s("previous"),
+            s("result"),
+            ms_text(e, "duration_ms"),
+            s("who")
+        ));
+        if let Some(r) = e.get("reason").and_then(Value::as_str) {
+            out.push_str(&format!("  └ {r}\n"));
+        }
+    }
+    if let Some(p) = v.get("rollback_to").and_then(Value::as_str) {
+        out.push_str(&format!("`orchctl rollback` would go back to {p}\n"));
+    }
+    out
 }

@@ -176,7 +176,10 @@ impl Manager1 {
         // never waits on a full channel; the channel closes when the handler is done.
         let (tx, mut rx) = mpsc::channel(64);
         let drain = async { while rx.recv().await.is_some() {} };
-        let (result, ()) = tokio::join!(handler::execute(&self.ctx, &rights, cmd, tx), drain);
+        let (result, ()) = tokio::join!(
+            handler::execute(&self.ctx, &rights, &caller, cmd, tx),
+            drain
+        );
         Ok(result?)
     }
 

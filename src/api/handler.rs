@@ -9,11 +9,12 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
-use super::auth::Rights;
+use super::auth::{Caller, Rights};
 use super::proto::{ApiError, Command, ErrorCode};
 use crate::alert::AlertHandle;
 use crate::event::{EventBus, EventLog};
 use crate::manager::{ManagerHandle, Op, is_down, is_settled};
+use crate::supervisor::{Command as SupCommand, DeployMsg, DeployRequest};
 use crate::supervisor::{ServiceStatus, State};
 
 /// How long `start`/`restart` wait for services to become ready before reporting.
@@ -32,7 +33,10 @@ pub struct Context {
 pub fn is_streaming(cmd: &Command) -> bool {
     matches!(
         cmd,
-        Command::Logs { follow: true, .. } | Command::Events { follow: true, .. }
+        Command::Logs { follow: true, .. }
+            | Command::Events { follow: true, .. }
+            | Command::Deploy { detach: false, .. }
+            | Command::Rollback { .. }
     )
 }
 
@@ -40,6 +44,7 @@ pub fn is_streaming(cmd: &Command) -> bool {
 pub async fn execute(
     ctx: &Context,
     rights: &Rights,
+    caller: &Caller,
     cmd: Command,
     partial: mpsc::Sender<Value>,
 ) -> Result<Value, ApiError> {
@@ -71,15 +76,112 @@ pub async fn execute(
         } => silence(ctx, target, &duration, reason).await,
         Command::Silences {} => Ok(json!({ "silences": ctx.alerts.silences().await? })),
         Command::Unsilence { id } => Ok(json!({ "silence": ctx.alerts.unsilence(id).await? })),
-        other => Err(ApiError::new(
-            ErrorCode::NotSupported,
-            format!(
-                "\"{}\" is not supported by this orchd ({})",
-                other.name(),
-                env!("CARGO_PKG_VERSION")
-            ),
-        )),
+        Command::Deploy {
+            service,
+            release,
+            timeout,
+            detach,
+        } => {
+            let timeout = match timeout {
+                Some(t) => Some(humantime::parse_duration(&t).map_err(|e| {
+                    ApiError::new(ErrorCode::BadRequest, format!("bad --timeout \"{t}\": {e}"))
+                })?),
+                None => None,
+            };
+            let req = DeployRequest {
+                release,
+                timeout,
+                who: caller.describe(),
+                rollback: false,
+            };
+            deploy(ctx, service, req, detach, partial).await
+        }
+        Command::Rollback { service, to } => rollback(ctx, caller, service, to, partial).await,
+        Command::History { service } => {
+            let (entries, previous) = ctx.manager.history(service).await?;
+            Ok(json!({ "history": entries, "rollback_to": previous }))
+        }
     }
+}
+
+/// Start a deploy on the service's supervisor and relay its steps; the final object carries
+/// `result` (`succeeded | failed | rolled_back`). If the client goes away the deploy goes on.
+async fn deploy(
+    ctx: &Context,
+    service: String,
+    req: DeployRequest,
+    detach: bool,
+    partial: mpsc::Sender<Value>,
+) -> Result<Value, ApiError> {
+    let sup = ctx.manager.supervisor(service).await?;
+    let (progress, mut rx) = mpsc::unbounded_channel();
+    let (reply, accepted) = tokio::sync::oneshot::channel();
+    let release = req.release.clone();
+    if !sup.send(SupCommand::Deploy {
+        request: req,
+        progress,
+        reply,
+    }) {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "the service's supervisor is gone",
+        ));
+    }
+    let id = accepted
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the service's supervisor is gone"))??;
+    if detach {
+        return Ok(json!({ "deploy_id": id, "release": release, "detached": true }));
+    }
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            DeployMsg::Step(v) => {
+                // A client that stopped reading doesn't stop the deploy.
+                let _ = partial.send(v).await;
+            }
+            DeployMsg::Done(v) => return Ok(v),
+        }
+    }
+    Err(ApiError::new(
+        ErrorCode::Unavailable,
+        "the deploy ended without a result (orchd is stopping?)",
+    ))
+}
+
+/// While the previous release still runs: a switch. Later: a deploy of the previous (or named)
+/// release.
+async fn rollback(
+    ctx: &Context,
+    caller: &Caller,
+    service: String,
+    to: Option<String>,
+    partial: mpsc::Sender<Value>,
+) -> Result<Value, ApiError> {
+    let sup = ctx.manager.supervisor(service.clone()).await?;
+    if to.is_none() {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if sup.send(SupCommand::Rollback { reply }) {
+            if let Ok(Some(done)) = rx.await {
+                return Ok(done);
+            }
+        }
+    }
+    let target = match to {
+        Some(t) => t,
+        None => ctx.manager.history(service.clone()).await?.1.ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Failed,
+                format!("no previous release of {service} is known (see `orchctl history {service}`); name one with --to"),
+            )
+        })?,
+    };
+    let req = DeployRequest {
+        release: target,
+        timeout: None,
+        who: caller.describe(),
+        rollback: true,
+    };
+    deploy(ctx, service, req, false, partial).await
 }
 
 /// Every channel's result; an error (exit 1) when any failed, with the reports as detail.

@@ -229,7 +229,7 @@ async fn connection(stream: UnixStream, api: &ApiConfig, ctx: &Context) {
         }
         let streaming = handler::is_streaming(&req.command);
         let (ptx, mut prx) = mpsc::channel::<Value>(64);
-        let fut = handler::execute(ctx, &rights, req.command, ptx);
+        let fut = handler::execute(ctx, &rights, &caller, req.command, ptx);
         tokio::pin!(fut);
         let result = loop {
             tokio::select! {

@@ -235,6 +235,11 @@ async fn talk(
             continue;
         }
         out.result(name, &result);
+        // A deploy or rollback that ran and did not succeed is a failed operation (exit 1).
+        let outcome = result.get("result").and_then(Value::as_str);
+        if matches!(name, "deploy" | "rollback") && outcome.is_some_and(|r| r != "succeeded") {
+            return Ok(1);
+        }
         return Ok(0);
     }
 }

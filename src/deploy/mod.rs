@@ -1,2 +1,4 @@
-//! Zero-downtime deploys: the switchable proxy, the deploy procedure, release history.
+//! Zero-downtime deploys: the switchable proxy and the release history. The procedure itself
+//! runs in the supervisor task that owns both slots (`supervisor/deploying.rs`).
+pub mod history;
 pub mod proxy;

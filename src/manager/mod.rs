@@ -4,6 +4,7 @@
 //! [`ManagerHandle`] and never touch service state; the manager forwards commands to the
 //! supervisors and answers from their `watch` snapshots.
 
+mod deploys;
 mod order;
 mod reload;
 
@@ -22,6 +23,7 @@ pub use reload::ReloadReport;
 use crate::alert::AlertHandle;
 use crate::api::proto::{ApiError, ErrorCode};
 use crate::config::{Config, Unit, UnitEntry};
+use crate::deploy::history::HistoryEntry;
 use crate::state::PersistedState;
 use crate::supervisor::logs::LogHub;
 use crate::supervisor::{self, DepWatch, ServiceStatus, Shared, State, SupervisorHandle};
@@ -60,6 +62,16 @@ pub enum Msg {
     Shutdown { reply: oneshot::Sender<()> },
     /// Liveness check for the watchdog.
     Ping { reply: oneshot::Sender<()> },
+    /// A service's supervisor, for deploy and rollback (the handler talks to it directly).
+    Supervisor {
+        service: String,
+        reply: oneshot::Sender<Result<SupervisorHandle, ApiError>>,
+    },
+    /// Deploy history and the release a rollback would return to.
+    History {
+        service: String,
+        reply: oneshot::Sender<Result<(Vec<HistoryEntry>, Option<String>), ApiError>>,
+    },
 }
 
 /// Cheap-clone handle to the manager task.
@@ -120,6 +132,19 @@ impl ManagerHandle {
     pub async fn shutdown(&self) {
         self.ask(|reply| Msg::Shutdown { reply }).await;
     }
+    pub async fn supervisor(&self, service: String) -> Result<SupervisorHandle, ApiError> {
+        self.ask(|reply| Msg::Supervisor { service, reply })
+            .await
+            .unwrap_or_else(|| Err(gone()))
+    }
+    pub async fn history(
+        &self,
+        service: String,
+    ) -> Result<(Vec<HistoryEntry>, Option<String>), ApiError> {
+        self.ask(|reply| Msg::History { service, reply })
+            .await
+            .unwrap_or_else(|| Err(gone()))
+    }
     /// True when the manager answered.
     pub async fn ping(&self) -> bool {
         self.ask(|reply| Msg::Ping { reply }).await.is_some()
@@ -154,6 +179,7 @@ pub struct Manager {
     services: BTreeMap<String, Entry>,
     shared: Shared,
     persisted: PersistedState,
+    history: crate::deploy::history::History,
     cancel: CancellationToken,
     tracker: TaskTracker,
     /// Told about reloaded `[alerts]` and units (never awaited).
@@ -170,7 +196,9 @@ impl Manager {
         alerts: Option<AlertHandle>,
     ) -> (ManagerHandle, tokio::task::JoinHandle<()>) {
         let persisted = PersistedState::load(&config.daemon.state_dir);
+        let history = crate::deploy::history::History::load(&config.daemon.state_dir);
         let mut m = Manager {
+            history,
             config,
             services: BTreeMap::new(),
             shared,
@@ -303,7 +331,24 @@ impl Manager {
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        while let Some(msg) = rx.recv().await {
+        let mut events = self.shared.bus.subscribe();
+        loop {
+            let msg = tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => msg,
+                    None => return,
+                },
+                ev = events.recv() => {
+                    match ev {
+                        Ok(ev) => self.on_event(&ev),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(missed = n, "manager missed events; deploy history may lack entries");
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+                    }
+                    continue;
+                }
+            };
             match msg {
                 Msg::Status { services, reply } => {
                     let _ = reply.send(self.status(&services));
@@ -331,6 +376,12 @@ impl Manager {
                 }
                 Msg::Ping { reply } => {
                     let _ = reply.send(());
+                }
+                Msg::Supervisor { service, reply } => {
+                    let _ = reply.send(self.supervisor(&service));
+                }
+                Msg::History { service, reply } => {
+                    let _ = reply.send(self.history(&service));
                 }
             }
         }

@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Test HTTP backend for deploy tests.
+
+Listens on 127.0.0.1:$PORT, answers every request with "$ORCH_RELEASE\n" (HTTP/1.1 keep-alive).
+Controlled by files in the directory given as argv[1]:
+  fail-health-<release>  -> GET /health answers 500
+  crash-<release>        -> the process exits 1 (checked every 20 ms)
+On SIGTERM it closes every open connection abruptly (as many real servers do) and exits 0.
+"""
+import os
+import signal
+import socket
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+CONTROL = sys.argv[1]
+RELEASE = os.environ.get("ORCH_RELEASE", "?")
+PORT = int(os.environ["PORT"])
+conns = set()
+lock = threading.Lock()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()
+        with lock:
+            conns.add(self.connection)
+
+    def finish(self):
+        with lock:
+            conns.discard(self.connection)
+        super().finish()
+
+    def do_GET(self):
+        if self.path == "/health" and os.path.exists(os.path.join(CONTROL, "fail-health-" + RELEASE)):
+            body, code = b"unhealthy\n", 500
+        else:
+            body, code = (RELEASE + "\n").encode(), 200
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Release", RELEASE)
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+server = Server(("127.0.0.1", PORT), Handler)
+
+
+def abrupt_exit(*_):
+    with lock:
+        for c in list(conns):
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+                c.close()
+            except OSError:
+                pass
+    os._exit(0)
+
+
+def watch_crash():
+    flag = os.path.join(CONTROL, "crash-" + RELEASE)
+    while True:
+        if os.path.exists(flag):
+            os._exit(1)
+        threading.Event().wait(0.02)
+
+
+signal.signal(signal.SIGTERM, abrupt_exit)
+threading.Thread(target=watch_crash, daemon=True).start()
+print(f"release {RELEASE} listening on {PORT}", flush=True)
+server.serve_forever()
