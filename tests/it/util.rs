@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -102,14 +103,24 @@ impl Setup {
 
     /// Start orchd and wait until its socket answers.
     pub fn start(&self) -> Orchd {
+        self.start_with_env(&[])
+    }
+
+    /// Start orchd with extra environment variables (e.g. `NOTIFY_SOCKET`) and wait until its
+    /// socket answers. Each start logs to its own `orchd-N.log`, so a restarted orchd keeps the
+    /// previous one's log.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Orchd {
+        static STARTS: AtomicUsize = AtomicUsize::new(0);
         self.write_config();
-        let log = self
-            .path()
-            .join(format!("orchd-{}.log", std::process::id()));
+        let log = self.path().join(format!(
+            "orchd-{}.log",
+            STARTS.fetch_add(1, Ordering::Relaxed)
+        ));
         let child = Command::new(ORCHD)
             .arg("--config")
             .arg(self.config_path())
             .env("ORCH_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
