@@ -4,4 +4,6 @@
 mod util;
 
 mod core;
+mod core_deps;
+mod core_process;
 mod core_restart;
