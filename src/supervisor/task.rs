@@ -62,6 +62,8 @@ struct Supervisor {
     /// leftovers (the rest of its group, its cgroup) are still to be killed.
     dying: Option<Instance>,
     deps: Vec<DepWatch>,
+    /// The dependencies the last evaluation found still on their way (for the status).
+    waiting_on: Vec<String>,
     status: watch::Sender<ServiceStatus>,
     logs: LogHub,
     exits_tx: mpsc::UnboundedSender<ExitInfo>,
@@ -101,6 +103,7 @@ pub fn spawn_supervisor(
         instance: None,
         dying: None,
         deps,
+        waiting_on: Vec::new(),
         status,
         logs,
         exits_tx,
@@ -167,7 +170,8 @@ impl Supervisor {
         set
     }
 
-    fn eval_deps(&self) -> Deps {
+    fn eval_deps(&mut self) -> Deps {
+        self.waiting_on.clear();
         let mut waiting = Vec::new();
         for dep in &self.deps {
             let s = dep.status.borrow();
@@ -182,17 +186,23 @@ impl Supervisor {
             if !dep.required {
                 if starting {
                     waiting.push(format!("{} ({})", dep.name, s.state));
+                    self.waiting_on.push(dep.name.clone());
                 }
                 continue;
             }
             match s.state {
                 State::Failed | State::BadSetting => {
+                    self.waiting_on.clear();
                     return Deps::Blocked(format!("{} is {}", dep.name, s.state));
                 }
                 _ if !s.want_up => {
+                    self.waiting_on.clear();
                     return Deps::Blocked(format!("{} is {} (not started)", dep.name, s.state));
                 }
-                _ => waiting.push(format!("{} ({})", dep.name, s.state)),
+                _ => {
+                    waiting.push(format!("{} ({})", dep.name, s.state));
+                    self.waiting_on.push(dep.name.clone());
+                }
             }
         }
         if waiting.is_empty() {
@@ -224,7 +234,8 @@ impl Supervisor {
             .reconfigure(unit.restart.clone(), unit.stop.clone());
         self.unit = unit;
         self.deps = deps;
-        self.feed(Input::DepsChanged(self.eval_deps())).await;
+        let deps = self.eval_deps();
+        self.feed(Input::DepsChanged(deps)).await;
         if restart && self.machine.want_up() {
             self.feed(Input::Restart).await;
         }
@@ -423,6 +434,11 @@ impl Supervisor {
                     s.since.clone()
                 },
                 reason: m.reason().map(str::to_owned),
+                waiting_on: if state == State::Starting {
+                    self.waiting_on.clone()
+                } else {
+                    Vec::new()
+                },
                 want_up: m.want_up(),
                 ready,
                 port,
