@@ -5,5 +5,6 @@ mod util;
 
 mod core;
 mod core_deps;
+mod core_lifecycle;
 mod core_process;
 mod core_restart;
