@@ -331,14 +331,18 @@ impl Supervisor {
             "{}/{}/{}/{}",
             self.shared.daemon_id, name, self.slot, self.spawn_seq
         );
+        // One cgroup per spawn, never reused: the previous instance's cgroup is removed in the
+        // background after its exit, and that removal (kill, then rmdir) must not hit this one.
         let cgroup = match &self.shared.cgroups {
-            Some(root) => match root.instance(&format!("{name}.{}", self.slot)) {
-                Ok(dir) => Some(dir),
-                Err(e) => {
-                    tracing::warn!(service = %name, error = %e, "cannot create the instance cgroup; using the process group");
-                    None
+            Some(root) => {
+                match root.instance(&format!("{name}.{}.{}", self.slot, self.spawn_seq)) {
+                    Ok(dir) => Some(dir),
+                    Err(e) => {
+                        tracing::warn!(service = %name, error = %e, "cannot create the instance cgroup; using the process group");
+                        None
+                    }
                 }
-            },
+            }
             None => None,
         };
         let port = self.unit.deploy.as_ref().map(|d| d.ports[self.slot]);
@@ -351,6 +355,7 @@ impl Supervisor {
         let spec = match spec::build(&self.unit, &params) {
             Ok(spec) => spec,
             Err(e) => {
+                remove_cgroup(cgroup);
                 return Input::SpawnFailed {
                     error: e.to_string(),
                 };
@@ -377,9 +382,12 @@ impl Supervisor {
                 });
                 Input::Spawned { pid }
             }
-            Err(e) => Input::SpawnFailed {
-                error: e.to_string(),
-            },
+            Err(e) => {
+                remove_cgroup(cgroup);
+                Input::SpawnFailed {
+                    error: e.to_string(),
+                }
+            }
         }
     }
 
@@ -396,8 +404,7 @@ impl Supervisor {
         match &inst.cgroup {
             Some(dir) => {
                 cgroup::kill_cgroup(dir);
-                let dir = dir.clone();
-                tokio::task::spawn_blocking(move || cgroup::remove(&dir));
+                remove_cgroup(Some(dir.clone()));
             }
             None => {
                 let n = cgroup::kill_marked(&format!("ORCH_INSTANCE={}", inst.marker));
@@ -450,5 +457,12 @@ impl Supervisor {
             *s = new;
             true
         });
+    }
+}
+
+/// Remove an instance's cgroup in the background, once what it holds has died.
+fn remove_cgroup(dir: Option<PathBuf>) {
+    if let Some(dir) = dir {
+        tokio::task::spawn_blocking(move || cgroup::remove(&dir));
     }
 }
