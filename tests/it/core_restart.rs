@@ -7,19 +7,21 @@ use crate::util::*;
 
 const T: Duration = Duration::from_secs(10);
 
-/// A unit whose process appends `date +%s%N` to `record` and then runs `then` (shell).
+/// A unit whose process appends its start time (µs since the epoch, from a bash builtin: no
+/// fork of `date` to blur it) to `record` and then runs `then` (shell). Braces are doubled for
+/// the unit template.
 fn recording_unit(record: &Path, then: &str, extra: &str) -> String {
     format!(
-        "exec = [\"/bin/sh\", \"-c\", \"date +%s%N >> {}; {then}\"]\n{extra}",
+        "exec = [\"/bin/bash\", \"-c\", \"echo ${{{{EPOCHREALTIME/./}}}} >> {}; {then}\"]\n{extra}",
         record.display()
     )
 }
 
-/// Start times (ns since the epoch) a recording unit wrote.
+/// Start times (µs since the epoch) a recording unit wrote.
 fn starts(record: &Path) -> Vec<u128> {
     lines(record)
         .iter()
-        .map(|l| l.trim().parse().expect("a nanosecond timestamp"))
+        .map(|l| l.trim().parse().expect("a microsecond timestamp"))
         .collect()
 }
 
@@ -40,13 +42,25 @@ fn backoff_delays_grow_and_cap() {
     // Stop the loop so the record no longer grows while we look at it.
     let out = orchd.ctl(&["stop", "crasher"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // What orchd decided: exactly the configured delays (jitter 0).
+    let delays: Vec<u64> = orchd.json(&["events", "-n", "1000"])["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "backoff")
+        .map(|e| e["delay_ms"].as_u64().unwrap())
+        .take(5)
+        .collect();
+    assert_eq!(delays, [50, 100, 200, 400, 400]);
+    // What it did: each gap between starts is at least the delay (so it grew: 100 > 50 + 0, …)
+    // and not much more (so it capped: an uncapped 800 ms would exceed 400 + 250).
     let t = starts(&record);
-    let gaps: Vec<u128> = t.windows(2).map(|w| (w[1] - w[0]) / 1_000_000).collect();
+    let gaps: Vec<u128> = t.windows(2).map(|w| (w[1] - w[0]) / 1000).collect();
     let expected = [50u128, 100, 200, 400, 400];
     for (i, (&gap, &want)) in gaps.iter().zip(&expected).enumerate() {
         assert!(
-            gap >= want && gap < want + 150,
-            "gap {i} between starts is {gap} ms, expected {want} ms (+ < 150 ms); all gaps: {gaps:?}"
+            gap >= want && gap < want + 250,
+            "gap {i} between starts is {gap} ms, expected {want} ms (+ < 250 ms); all gaps: {gaps:?}"
         );
     }
 }
@@ -72,7 +86,13 @@ fn start_limit_gives_up_as_failed_until_reset() {
         "reason: {reason}"
     );
     assert_eq!(st["pid"], serde_json::Value::Null);
-    assert_eq!(lines(&record).len(), 3, "starts before giving up");
+    assert_eq!(
+        lines(&record).len(),
+        3,
+        "starts before giving up; events: {}\n{}",
+        orchd.json(&["events", "-n", "1000"]),
+        orchd.log_text()
+    );
 
     // A separator in the record: any start after giving up (before the reset) would land
     // before it; the reset must give exactly one more burst after it.
@@ -84,7 +104,7 @@ fn start_limit_gives_up_as_failed_until_reset() {
     let events_before = started_events(&orchd, "crasher");
     assert_eq!(events_before, 3, "started events before the reset");
     let _ = orchd.ctl(&["reset", "crasher"]);
-    wait_for("3 more starts after the reset", T, || {
+    orchd.wait_for("3 more starts after the reset", T, || {
         lines(&record).len() >= 7
     });
     orchd.wait_state("crasher", "failed", T);
@@ -155,4 +175,39 @@ fn policy_always_restarts_a_clean_exit() {
     assert!(st["restarts"].as_u64().unwrap() >= 2, "{st}");
     // The same clean exit under the default policy (on-failure) stays `exited`: covered by
     // core::clean_exit_under_on_failure_is_exited.
+}
+
+#[test]
+fn immediate_restarts_each_run_their_process() {
+    // With no delay, each new process is spawned while the previous instance is still being
+    // cleaned up: the cleanup must not touch the new one (kill it, or remove its cgroup).
+    let s = Setup::new();
+    let record = s.file("starts");
+    s.unit(
+        "crasher",
+        &recording_unit(&record, "exit 1", "[restart]\ndelay = \"0s\"\njitter = 0\n"),
+    );
+    let orchd = s.start();
+    orchd.wait_for("30 starts", T, || lines(&record).len() >= 30);
+    let out = orchd.ctl(&["stop", "crasher"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let events = orchd.json(&["events", "-n", "1000"]);
+    let bad: Vec<&serde_json::Value> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "spawn_failed" || (e["kind"] == "exited" && e["code"] != 1))
+        .collect();
+    // The last exit may be the stop's SIGTERM.
+    let bad: Vec<_> = bad.iter().filter(|e| e["signal"] != "SIGTERM").collect();
+    assert!(
+        bad.is_empty(),
+        "spawns that failed or processes killed: {bad:?}"
+    );
+    // One cgroup per spawn, each removed after its exit: none is left behind.
+    if let Some(dir) = orch_cgroup(&s) {
+        orchd.wait_for("the instance cgroups to be removed", T, || {
+            sub_cgroups(&dir).is_empty()
+        });
+    }
 }

@@ -208,6 +208,21 @@ impl Orchd {
         );
     }
 
+    /// Like [`wait_for`], with orchd's log in the panic message.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if cond() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!(
+            "timed out after {timeout:?} waiting for {what}\n--- orchd log ---\n{}",
+            self.log_text()
+        );
+    }
+
     /// Wait until `name` runs with a pid different from `old`.
     pub fn wait_new_pid(&self, name: &str, old: Option<i32>, timeout: Duration) -> i32 {
         wait_some(&format!("a new pid for {name}"), timeout, || {
@@ -359,4 +374,31 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .iter()
         .map(|l| l.local_addr().expect("local addr").port())
         .collect()
+}
+
+/// The cgroup directory orchd uses for the services of `setup`, if it found a writable tree.
+pub fn orch_cgroup(setup: &Setup) -> Option<PathBuf> {
+    let id = orch::daemon::daemon_id(&setup.path().join("state"));
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = own.lines().find_map(|l| l.strip_prefix("0::"))?.trim();
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(|m| {
+            Path::new(m)
+                .join(path.trim_start_matches('/'))
+                .join(format!("orch.{id}"))
+        })
+        .find(|d| d.is_dir())
+}
+
+/// Sub-directories (instance cgroups) of a cgroup directory.
+pub fn sub_cgroups(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
