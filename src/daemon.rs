@@ -81,7 +81,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let events = EventLog::spawn(&bus, 1000);
     let shared = Shared {
         spawner,
-        cgroups,
+        cgroups: cgroups.clone(),
         bus: bus.clone(),
         daemon_id: id,
         journal: Journal::detect(),
@@ -136,6 +136,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         tracing::warn!("some tasks did not finish in time");
     }
     manager_task.abort();
+    if let Some(root) = cgroups {
+        let _ = tokio::task::spawn_blocking(move || root.remove_all()).await;
+    }
     tracing::info!("orchd stopped");
     Ok(())
 }
