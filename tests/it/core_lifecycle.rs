@@ -178,6 +178,11 @@ fn sigint_stops_everything_and_exits_zero() {
     assert!(!alive(a) && !alive(b));
     assert!(!s.socket().exists(), "socket file left behind");
     assert!(orchd.log_text().contains("stopping all services"));
+    assert_eq!(
+        orch_cgroup(&s),
+        None,
+        "orchd's cgroup directory left behind"
+    );
 }
 
 #[test]
@@ -222,6 +227,11 @@ fn a_second_sigterm_cuts_a_slow_stop_short_and_leaves_nothing() {
         "the service's processes to be gone",
         Duration::from_secs(2),
         || !alive(main) && !alive(child),
+    );
+    assert_eq!(
+        orch_cgroup(&s),
+        None,
+        "orchd's cgroup directory left behind"
     );
 }
 
