@@ -325,60 +325,6 @@ fn silences_text(v: &Value) -> String {
     list.iter().map(|s| silence_line(s) + "\n").collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn alert_output() {
-        let v = serde_json::json!({"channels":[{"channel":"oncall","delivered":true},{"channel":"slack","delivered":false,"error":"POST https://hooks.slack.com/…: HTTP 404 Not Found"}]});
-        assert_eq!(
-            alert_test_text(&v),
-            "oncall: delivered\nslack: error: POST https://hooks.slack.com/…: HTTP 404 Not Found\n"
-        );
-        let s = serde_json::json!({"id":"s0a1b2c","target":"api","until":"2026-01-01T02:00:00Z","reason":"migration","held":[{}]});
-        assert_eq!(
-            silence_text("silence", &serde_json::json!({ "silence": s })),
-            "silenced: s0a1b2c  api  until 2026-01-01T02:00:00Z  (1 held back)  reason: migration\n"
-        );
-        assert_eq!(
-            silences_text(&serde_json::json!({"silences":[]})),
-            "no active silences\n"
-        );
-    }
-
-    #[test]
-    fn durations_are_compact() {
-        assert_eq!(short_duration(5), "5s");
-        assert_eq!(short_duration(192), "3m12s");
-        assert_eq!(short_duration(7500), "2h05m");
-        assert_eq!(short_duration(90000), "1d01h");
-    }
-
-    #[test]
-    fn table_is_aligned_with_reasons() {
-        let v = serde_json::json!({"services":[
-            {"name":"api","state":"running","health":"none","pid":42,"release":"v1","restarts":0,"since":"2000-01-01T00:00:00Z","want_up":true,"ready":true},
-            {"name":"worker-long","state":"failed","health":"none","pid":null,"release":"current","restarts":5,"since":"bad","reason":"gave up","want_up":true,"ready":false}
-        ]});
-        let t = Output::new(false, false).status_table(&v);
-        let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(
-            lines[0],
-            "NAME         STATE    HEALTH  PID  RELEASE  RESTARTS  SINCE"
-        );
-        assert!(
-            lines[1].starts_with("api          running  none    42   v1       0         "),
-            "{t}"
-        );
-        assert_eq!(
-            lines[2],
-            "worker-long  failed   none    -    current  5         -"
-        );
-        assert_eq!(lines[3], "  └ gave up");
-    }
-}
-
 fn ms_text(v: &Value, key: &str) -> String {
     let ms = v.get(key).and_then(Value::as_u64).unwrap_or(0);
     if ms < 1000 {
@@ -485,4 +431,58 @@ fn history_text(v: &Value) -> String {
         out.push_str(&format!("`orchctl rollback` would go back to {p}\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alert_output() {
+        let v = serde_json::json!({"channels":[{"channel":"oncall","delivered":true},{"channel":"slack","delivered":false,"error":"POST https://hooks.slack.com/…: HTTP 404 Not Found"}]});
+        assert_eq!(
+            alert_test_text(&v),
+            "oncall: delivered\nslack: error: POST https://hooks.slack.com/…: HTTP 404 Not Found\n"
+        );
+        let s = serde_json::json!({"id":"s0a1b2c","target":"api","until":"2026-01-01T02:00:00Z","reason":"migration","held":[{}]});
+        assert_eq!(
+            silence_text("silence", &serde_json::json!({ "silence": s })),
+            "silenced: s0a1b2c  api  until 2026-01-01T02:00:00Z  (1 held back)  reason: migration\n"
+        );
+        assert_eq!(
+            silences_text(&serde_json::json!({"silences":[]})),
+            "no active silences\n"
+        );
+    }
+
+    #[test]
+    fn durations_are_compact() {
+        assert_eq!(short_duration(5), "5s");
+        assert_eq!(short_duration(192), "3m12s");
+        assert_eq!(short_duration(7500), "2h05m");
+        assert_eq!(short_duration(90000), "1d01h");
+    }
+
+    #[test]
+    fn table_is_aligned_with_reasons() {
+        let v = serde_json::json!({"services":[
+            {"name":"api","state":"running","health":"none","pid":42,"release":"v1","restarts":0,"since":"2000-01-01T00:00:00Z","want_up":true,"ready":true},
+            {"name":"worker-long","state":"failed","health":"none","pid":null,"release":"current","restarts":5,"since":"bad","reason":"gave up","want_up":true,"ready":false}
+        ]});
+        let t = Output::new(false, false).status_table(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "NAME         STATE    HEALTH  PID  RELEASE  RESTARTS  SINCE"
+        );
+        assert!(
+            lines[1].starts_with("api          running  none    42   v1       0         "),
+            "{t}"
+        );
+        assert_eq!(
+            lines[2],
+            "worker-long  failed   none    -    current  5         -"
+        );
+        assert_eq!(lines[3], "  └ gave up");
+    }
 }

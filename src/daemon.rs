@@ -6,6 +6,7 @@
 //! `READY=1`. SIGHUP reloads. SIGTERM/SIGINT stop services in reverse
 //! dependency order and exit; a second one skips the graceful wait.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +26,7 @@ use crate::manager::{Manager, ManagerHandle};
 use crate::supervisor::cgroup::{self, CgroupRoot};
 use crate::supervisor::logs::Journal;
 use crate::supervisor::process::Spawner;
-use crate::supervisor::{Shared, State};
+use crate::supervisor::{ServiceStatus, Shared, State};
 
 /// How long start-up waits for services to settle before `READY=1` anyway.
 const READY_WAIT: Duration = Duration::from_secs(60);
@@ -84,7 +85,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let shared = Shared {
         probes: ProbeClients::new(spawner.clone()),
         spawner,
-        cgroups,
+        cgroups: cgroups.clone(),
         bus: bus.clone(),
         daemon_id: id,
         journal: Journal::detect(),
@@ -165,6 +166,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         tracing::warn!("some tasks did not finish in time");
     }
     manager_task.abort();
+    if let Some(root) = cgroups {
+        let _ = tokio::task::spawn_blocking(move || root.remove_all()).await;
+    }
     tracing::info!("orchd stopped");
     Ok(())
 }
@@ -204,16 +208,7 @@ async fn notify_ready(manager: ManagerHandle) {
         let Ok(all) = manager.status(vec![]).await else {
             return;
         };
-        // Wanted up, not ready yet, and neither given up, backing off nor blocked on another.
-        let pending = all.iter().any(|s| {
-            s.want_up
-                && !s.ready
-                && matches!(s.state, State::Inactive | State::Starting | State::Running)
-                && !s
-                    .reason
-                    .as_deref()
-                    .is_some_and(|r| r.starts_with("waiting for"))
-        });
+        let pending = starting_up(&all);
         if !pending {
             break;
         }
@@ -221,6 +216,35 @@ async fn notify_ready(manager: ManagerHandle) {
     }
     tracing::info!("ready");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+}
+
+/// Is any service wanted up still on its way to ready?
+///
+/// A service waiting for its dependencies counts while one of them is ready (and about to
+/// release it) or itself on its way; one stuck behind a dependency that is backing off or
+/// failed doesn't hold `READY=1` back.
+fn starting_up(all: &[ServiceStatus]) -> bool {
+    let by_name: HashMap<&str, &ServiceStatus> = all.iter().map(|s| (s.name.as_str(), s)).collect();
+    all.iter().any(|s| on_its_way(s, &by_name, 0))
+}
+
+fn on_its_way(s: &ServiceStatus, by_name: &HashMap<&str, &ServiceStatus>, depth: usize) -> bool {
+    if !s.want_up
+        || s.ready
+        || !matches!(s.state, State::Inactive | State::Starting | State::Running)
+    {
+        return false;
+    }
+    if s.waiting_on.is_empty() {
+        return true;
+    }
+    // Validation rejects dependency cycles; the guard only keeps a bug from recursing forever.
+    depth <= by_name.len()
+        && s.waiting_on.iter().any(|d| {
+            by_name
+                .get(d.as_str())
+                .is_some_and(|dep| dep.ready || on_its_way(dep, by_name, depth + 1))
+        })
 }
 
 fn watchdog_period() -> Option<Duration> {
@@ -247,5 +271,52 @@ async fn watchdog(manager: ManagerHandle, period: Duration) {
         {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str, state: State, ready: bool, waiting_on: &[&str]) -> ServiceStatus {
+        ServiceStatus {
+            state,
+            ready,
+            want_up: true,
+            waiting_on: waiting_on.iter().map(|s| s.to_string()).collect(),
+            ..ServiceStatus::new(name, "current")
+        }
+    }
+
+    #[test]
+    fn a_dependent_of_a_ready_service_is_still_starting() {
+        // db just became ready; api hasn't reacted yet, web waits for api.
+        let all = [
+            svc("db", State::Running, true, &[]),
+            svc("api", State::Starting, false, &["db"]),
+            svc("web", State::Starting, false, &["api"]),
+        ];
+        assert!(starting_up(&all));
+    }
+
+    #[test]
+    fn a_dependent_stuck_behind_backoff_does_not_hold_ready() {
+        let all = [
+            svc("db", State::Backoff, false, &[]),
+            svc("api", State::Starting, false, &["db"]),
+            svc("web", State::Starting, false, &["api"]),
+        ];
+        assert!(!starting_up(&all));
+    }
+
+    #[test]
+    fn all_ready_or_settled_is_not_starting() {
+        let all = [
+            svc("db", State::Running, true, &[]),
+            svc("job", State::Exited, false, &[]),
+            ServiceStatus::new("off", "current"),
+        ];
+        assert!(!starting_up(&all));
+        assert!(starting_up(&[svc("x", State::Inactive, false, &[])]));
     }
 }

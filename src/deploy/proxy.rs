@@ -341,22 +341,22 @@ async fn forward(mut req: Request<Incoming>, peer: SocketAddr, ctx: &Ctx) -> Res
     let first = ctx
         .client
         .request(Request::from_parts(parts, body.boxed()))
-        .await;
-    let result = match (first, retry_parts) {
-        (Err(e), Some(parts)) => {
-            tracing::debug!(service = %ctx.service, error = %e, "upstream failed before responding; retrying once");
-            let empty = Empty::<Bytes>::new()
-                .map_err(|never| match never {})
-                .boxed();
-            ctx.client.request(Request::from_parts(parts, empty)).await
-        }
-        (r, _) => r,
-    };
-    let mut resp = match result {
-        Ok(r) => r,
-        Err(e) => {
+        .await
+        .map_err(|e| e.to_string());
+    let mut resp = match (first, retry_parts) {
+        (Ok(r), None) => r,
+        (Err(e), None) => {
             tracing::warn!(service = %ctx.service, backend = %backend.addr, error = %e, "proxy request failed");
             return plain(StatusCode::BAD_GATEWAY, "the service did not answer\n");
+        }
+        (first, Some(template)) => {
+            return match with_retries(ctx, backend, template, first).await {
+                Ok(r) => guarded(r, guard),
+                Err(e) => {
+                    tracing::warn!(service = %ctx.service, error = %e, "proxy request failed after retries");
+                    plain(StatusCode::BAD_GATEWAY, "the service did not answer\n")
+                }
+            };
         }
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -377,6 +377,89 @@ async fn forward(mut req: Request<Incoming>, peer: SocketAddr, ctx: &Ctx) -> Res
             );
         }
     }
+    guarded(resp.map(BodyExt::boxed), guard)
+}
+
+/// Responses up to this size are read whole before they are passed on, so a backend that dies
+/// mid-response is retried instead of handing the client a truncated body.
+const BUFFER_MAX: u64 = 256 * 1024;
+/// How long a retry waits for the proxy to be switched to another backend.
+const RETRY_WAIT: Duration = Duration::from_secs(2);
+
+/// An idempotent request without a body: if the upstream fails before a complete (small)
+/// response, wait for a switch (a rollback or a restart is usually under way) and try again,
+/// twice at most.
+async fn with_retries(
+    ctx: &Ctx,
+    mut backend: Backend,
+    template: http::request::Parts,
+    first: Result<Response<Incoming>, String>,
+) -> Result<Response<Body>, String> {
+    let mut result = first;
+    for attempt in 0..3 {
+        let err = match result {
+            Ok(resp) => match buffer_small(resp).await {
+                Ok(resp) => return Ok(resp),
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        if attempt == 2 {
+            return Err(err);
+        }
+        tracing::debug!(service = %ctx.service, backend = %backend.addr, error = %err, "upstream failed before a whole response; retrying");
+        let mut rx = ctx.backend.clone();
+        let _ = tokio::time::timeout(RETRY_WAIT, rx.wait_for(|b| b.is_some_and(|b| b != backend)))
+            .await;
+        let Some(now) = *ctx.backend.borrow() else {
+            return Err(err);
+        };
+        backend = now;
+        let mut parts = clone_parts(&template);
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_owned();
+        parts.uri = format!("http://{}{}", backend.addr, path)
+            .parse()
+            .map_err(|_| err.clone())?;
+        let empty = Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed();
+        result = ctx
+            .client
+            .request(Request::from_parts(parts, empty))
+            .await
+            .map_err(|e| e.to_string());
+    }
+    Err("no attempt left".into())
+}
+
+async fn buffer_small(resp: Response<Incoming>) -> Result<Response<Body>, String> {
+    let small = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n <= BUFFER_MAX);
+    if !small {
+        return Ok(resp.map(BodyExt::boxed));
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|e| format!("reading the response: {e}"))?
+        .to_bytes();
+    Ok(Response::from_parts(
+        parts,
+        Full::new(bytes).map_err(|never| match never {}).boxed(),
+    ))
+}
+
+fn guarded(resp: Response<Body>, guard: OpenGuard) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(
@@ -405,7 +488,7 @@ fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
 
 /// A response body that keeps its slot's in-flight count until it is fully sent (or dropped).
 struct GuardedBody {
-    inner: Incoming,
+    inner: Body,
     _guard: OpenGuard,
 }
 

@@ -27,10 +27,7 @@ impl Manager {
     }
 
     /// The service's history (newest last) and the release a rollback would go back to.
-    pub(super) fn history(
-        &self,
-        service: &str,
-    ) -> Result<(Vec<HistoryEntry>, Option<String>), ApiError> {
+    pub(super) fn history(&self, service: &str) -> Result<super::HistoryAnswer, ApiError> {
         self.lookup(&[service.to_owned()])?;
         let current = self
             .services

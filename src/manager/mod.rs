@@ -24,6 +24,9 @@ use crate::alert::AlertHandle;
 use crate::api::proto::{ApiError, ErrorCode};
 use crate::config::{Config, Unit, UnitEntry};
 use crate::deploy::history::HistoryEntry;
+
+/// A service's deploy history (newest last) and the release a rollback would go back to.
+pub type HistoryAnswer = (Vec<HistoryEntry>, Option<String>);
 use crate::state::PersistedState;
 use crate::supervisor::logs::LogHub;
 use crate::supervisor::{self, DepWatch, ServiceStatus, Shared, State, SupervisorHandle};
@@ -70,7 +73,7 @@ pub enum Msg {
     /// Deploy history and the release a rollback would return to.
     History {
         service: String,
-        reply: oneshot::Sender<Result<(Vec<HistoryEntry>, Option<String>), ApiError>>,
+        reply: oneshot::Sender<Result<HistoryAnswer, ApiError>>,
     },
 }
 

@@ -85,6 +85,21 @@ impl CgroupRoot {
         }
         killed
     }
+
+    /// At orchd's exit: kill and remove what is left, then the root itself, so that orchds
+    /// with short-lived state dirs (tests, trials) don't leave a directory each behind.
+    pub fn remove_all(&self) {
+        let killed = self.sweep();
+        if killed > 0 {
+            tracing::warn!(
+                count = killed,
+                "killed service processes still running at exit"
+            );
+        }
+        if let Err(e) = fs::remove_dir(&self.dir) {
+            tracing::debug!(dir = %self.dir.display(), error = %e, "cannot remove the cgroup root");
+        }
+    }
 }
 
 /// Pids in a cgroup.

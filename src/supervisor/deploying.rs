@@ -26,6 +26,8 @@ use crate::event::EventKind;
 
 /// Default for services without `[deploy]` (restart strategy).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Without a health check, a new release counts as ready once it has run this long.
+const SETTLE: Duration = Duration::from_secs(1);
 /// How long a `switch_command` may run.
 const SWITCH_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -37,6 +39,8 @@ pub(super) enum Strategy {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
+    /// Waiting for the idle slot to finish stopping (e.g. right after a rollback).
+    ClearingSlot,
     /// Restart strategy: waiting for the old release to stop.
     StoppingOld,
     /// The new release is starting; it must be ready by the deadline.
@@ -81,22 +85,33 @@ pub(super) struct DeployRun {
     who: String,
     rollback: bool,
     announced_start: bool,
+    /// Without a health check: when the new release will have run for [`SETTLE`].
+    settled_at: Option<Instant>,
     progress: mpsc::UnboundedSender<DeployMsg>,
 }
 
 impl DeployRun {
     pub(super) fn deadline(&self) -> Option<Instant> {
-        match self.phase {
+        let phase = match self.phase {
             Phase::Starting { deadline }
             | Phase::Watching { deadline }
             | Phase::Draining { deadline } => Some(deadline),
-            Phase::StoppingOld | Phase::StoppingPrevious => None,
+            Phase::ClearingSlot | Phase::StoppingOld | Phase::StoppingPrevious => None,
+        };
+        match (
+            phase,
+            self.settled_at
+                .filter(|_| matches!(self.phase, Phase::Starting { .. })),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
     /// "v42 (watching)" for status.
     pub(super) fn describe(&self) -> String {
         let phase = match self.phase {
+            Phase::ClearingSlot => "waiting for the idle slot",
             Phase::StoppingOld => "stopping the old release",
             Phase::Starting { .. } => "starting",
             Phase::Watching { .. } => "watching",
@@ -167,36 +182,15 @@ impl Supervisor {
             .unwrap_or(DEFAULT_TIMEOUT);
         let old = self.active;
         let candidate = 1 - old;
-        if !down(self.slots[candidate].machine.state()) {
-            return Err(ApiError::new(
-                ErrorCode::Busy,
-                format!(
-                    "slot {candidate} of {} is still stopping; try again in a moment",
-                    self.unit.name
-                ),
-            ));
-        }
         let millis = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
         let id = format!("{}-{millis}", self.unit.name);
         let previous = self.slots[old].release.clone();
-        // The candidate gets no restarts: a crash while it is judged fails the deploy.
-        let judged = RestartConfig {
-            policy: RestartPolicy::No,
-            ..self.unit.restart.clone()
-        };
-        let slot = &mut self.slots[candidate];
-        slot.release = req.release.clone();
-        slot.machine = Machine::new(judged, self.unit.stop.clone());
         let now = Instant::now();
-        let phase = match strategy {
-            Strategy::PortSwap => Phase::Starting {
-                deadline: now + timeout,
-            },
-            Strategy::Restart => Phase::StoppingOld,
-        };
+        // The idle slot may still be stopping (a rollback a moment ago): wait for it.
+        let phase = Phase::ClearingSlot;
         let run = DeployRun {
             id: id.clone(),
             release: req.release.clone(),
@@ -210,6 +204,7 @@ impl Supervisor {
             who: req.who.clone(),
             rollback: req.rollback,
             announced_start: false,
+            settled_at: None,
             progress,
         };
         tracing::info!(service = %self.unit.name, deploy = %id, release = %req.release, previous = %previous, who = %req.who, "deploy started");
@@ -221,15 +216,47 @@ impl Supervisor {
             who: req.who,
         });
         self.deploy = Some(run);
-        match strategy {
-            Strategy::PortSwap => self.feed(candidate, Input::Start).await,
-            Strategy::Restart => self.feed(old, Input::Stop).await,
-        }
+        self.advance_deploy().await;
+        self.sync_proxy();
+        self.publish_status();
         Ok(id)
+    }
+
+    /// The idle slot is down: give it the new release and a machine without restarts (a crash
+    /// while it is judged fails the deploy), then begin.
+    async fn begin(&mut self) {
+        let Some(d) = &self.deploy else { return };
+        let (cand, old, strategy, release, timeout) =
+            (d.candidate, d.old, d.strategy, d.release.clone(), d.timeout);
+        let judged = RestartConfig {
+            policy: RestartPolicy::No,
+            ..self.unit.restart.clone()
+        };
+        let slot = &mut self.slots[cand];
+        slot.release = release;
+        slot.machine = Machine::new(judged, self.unit.stop.clone());
+        match strategy {
+            Strategy::PortSwap => {
+                self.set_phase(Phase::Starting {
+                    deadline: Instant::now() + timeout,
+                });
+                Box::pin(self.feed(cand, Input::Start)).await;
+            }
+            Strategy::Restart => {
+                self.set_phase(Phase::StoppingOld);
+                Box::pin(self.feed(old, Input::Stop)).await;
+            }
+        }
     }
 
     /// Take every step the current state allows.
     pub(super) async fn advance_deploy(&mut self) {
+        // Steps feed the slots, and feeding advances the deploy: the outer call does the
+        // looking again; a nested one returns at once.
+        if self.advancing {
+            return;
+        }
+        self.advancing = true;
         let mut guard = 0;
         while self.deploy.is_some() && guard < 16 {
             guard += 1;
@@ -237,6 +264,7 @@ impl Supervisor {
                 break;
             }
         }
+        self.advancing = false;
     }
 
     /// One step; true when something changed and the state should be looked at again.
@@ -244,6 +272,13 @@ impl Supervisor {
         let Some(d) = &self.deploy else { return false };
         let (cand, old, phase) = (d.candidate, d.old, d.phase);
         match phase {
+            Phase::ClearingSlot => {
+                if !down(self.slots[cand].machine.state()) {
+                    return false;
+                }
+                self.begin().await;
+                true
+            }
             Phase::StoppingOld => {
                 if !down(self.slots[old].machine.state()) {
                     return false;
@@ -294,13 +329,17 @@ impl Supervisor {
         if !d.announced_start {
             if let Some(inst) = &c.instance {
                 d.step(json!({ "step": "started", "release": d.release, "pid": inst.pid, "port": c.port(&self.unit), "slot": cand }));
+                let settle = self.unit.health.is_none().then(|| Instant::now() + SETTLE);
                 if let Some(d) = self.deploy.as_mut() {
                     d.announced_start = true;
+                    d.settled_at = settle;
                 }
                 return true;
             }
         }
-        if c.ready() {
+        // Without a health check, "ready" also means: did not die within the settle time.
+        let settled = d.settled_at.is_none_or(|t| Instant::now() >= t);
+        if c.ready() && settled {
             d.step(json!({ "step": "healthy", "release": d.release, "after_ms": d.elapsed_ms() }));
             if d.strategy == Strategy::Restart {
                 self.active = cand;
@@ -308,13 +347,13 @@ impl Supervisor {
                 return true;
             }
             if let Err(e) = self.switch_to(cand).await {
-                self.stop_slot(cand).await;
                 self.finish(
                     Outcome::Failed,
                     Some(format!(
                         "switching to the new release failed: {e}; nothing was switched"
                     )),
                 );
+                self.stop_slot(cand).await;
                 return true;
             }
             self.after_switch(cand);
@@ -389,17 +428,20 @@ impl Supervisor {
 
     /// The candidate never became ready: stop it; the restart strategy brings the old back.
     async fn fail_start(&mut self, cand: usize, old: usize, why: String) {
-        self.stop_slot(cand).await;
         let restart = self
             .deploy
             .as_ref()
             .is_some_and(|d| d.strategy == Strategy::Restart);
+        // Finish first: the stops and starts below re-enter advance_deploy, which must find no
+        // deploy left to act on.
         if restart {
             self.active = old;
-            Box::pin(self.feed(old, Input::Start)).await;
             self.finish(Outcome::RolledBack, Some(why));
+            self.stop_slot(cand).await;
+            Box::pin(self.feed(old, Input::Start)).await;
         } else {
             self.finish(Outcome::Failed, Some(why));
+            self.stop_slot(cand).await;
         }
     }
 
@@ -408,6 +450,8 @@ impl Supervisor {
         let Some(d) = &self.deploy else { return };
         let (cand, old) = (d.candidate, d.old);
         match d.phase {
+            // The settle time passing is no failure: the advance below looks at the release.
+            Phase::Starting { deadline } if Instant::now() < deadline => {}
             Phase::Starting { .. } => {
                 let secs = humantime::format_duration(d.timeout);
                 let health = self.slots[cand].health();
@@ -440,7 +484,7 @@ impl Supervisor {
                 }
                 self.stop_previous(old).await;
             }
-            Phase::StoppingOld | Phase::StoppingPrevious => {}
+            Phase::ClearingSlot | Phase::StoppingOld | Phase::StoppingPrevious => {}
         }
         self.advance_deploy().await;
         self.sync_proxy();
@@ -467,10 +511,8 @@ impl Supervisor {
         let old_runs = self.slots[old].machine.state() == State::Running;
         if old_runs && self.switch_to(old).await.is_ok() {
             self.active = old;
-            self.stop_slot(cand).await;
             self.finish(Outcome::RolledBack, Some(why));
         } else {
-            self.stop_slot(cand).await;
             self.finish(
                 Outcome::Failed,
                 Some(format!(
@@ -478,6 +520,7 @@ impl Supervisor {
                 )),
             );
         }
+        self.stop_slot(cand).await;
     }
 
     /// `orchctl rollback` while the previous release still runs: a pure switch.
@@ -491,7 +534,7 @@ impl Supervisor {
             {
                 self.roll_back("rolled back by an operator".into()).await;
             }
-            Phase::Starting { .. } | Phase::StoppingOld => {
+            Phase::Starting { .. } | Phase::StoppingOld | Phase::ClearingSlot => {
                 self.fail_start(cand, old, "cancelled by an operator's rollback".into())
                     .await;
                 if let Some(mut r) = final_rx.and_then(|mut rx| rx.try_recv().ok()) {
@@ -523,9 +566,9 @@ impl Supervisor {
         match phase {
             Phase::Watching { .. } | Phase::Draining { .. } => self.roll_back(why.to_owned()).await,
             _ => {
-                self.stop_slot(cand).await;
                 self.active = old;
                 self.finish(Outcome::Failed, Some(why.to_owned()));
+                self.stop_slot(cand).await;
             }
         }
     }

@@ -18,11 +18,14 @@ use super::{DepWatch, Health};
 pub struct Verdict {
     pub deps: Deps,
     pub recheck_at: Option<Instant>,
+    /// The dependencies still on their way (empty unless `Waiting`).
+    pub waiting_on: Vec<String>,
 }
 
 /// Evaluate `deps` at `now`; `waiting_since` is when the dependent started waiting.
 pub fn evaluate(deps: &[DepWatch], waiting_since: Instant, now: Instant) -> Verdict {
     let mut waiting = Vec::new();
+    let mut waiting_on = Vec::new();
     let mut recheck_at: Option<Instant> = None;
     for dep in deps {
         let s = dep.status.borrow();
@@ -37,6 +40,7 @@ pub fn evaluate(deps: &[DepWatch], waiting_since: Instant, now: Instant) -> Verd
         if !dep.required {
             if on_its_way {
                 waiting.push(format!("{} ({})", dep.name, s.state));
+                waiting_on.push(dep.name.clone());
             }
             continue;
         }
@@ -65,19 +69,25 @@ pub fn evaluate(deps: &[DepWatch], waiting_since: Instant, now: Instant) -> Verd
                     dep.name,
                     s.health.as_str()
                 ));
+                waiting_on.push(dep.name.clone());
             }
-            _ => waiting.push(format!("{} ({})", dep.name, s.state)),
+            _ => {
+                waiting.push(format!("{} ({})", dep.name, s.state));
+                waiting_on.push(dep.name.clone());
+            }
         }
     }
     if waiting.is_empty() {
         return Verdict {
             deps: Deps::Ready,
             recheck_at: None,
+            waiting_on,
         };
     }
     Verdict {
         deps: Deps::Waiting(waiting.join(", ")),
         recheck_at,
+        waiting_on,
     }
 }
 
@@ -85,6 +95,7 @@ fn blocked(why: String) -> Verdict {
     Verdict {
         deps: Deps::Blocked(why),
         recheck_at: None,
+        waiting_on: Vec::new(),
     }
 }
 

@@ -102,7 +102,8 @@ impl LogHub {
     }
 
     /// Read `fd` (a pipe from the service) until EOF, in its own task.
-    pub fn attach(&self, fd: OwnedFd, stream: Stream, pid: i32) {
+    /// The handle ends when the pipe is drained (EOF).
+    pub fn attach(&self, fd: OwnedFd, stream: Stream, pid: i32) -> tokio::task::JoinHandle<()> {
         let hub = self.clone();
         tokio::spawn(async move {
             match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
@@ -111,7 +112,7 @@ impl LogHub {
                     tracing::warn!(service = %hub.service, error = %e, "cannot read service output")
                 }
             }
-        });
+        })
     }
 
     async fn read_pipe(&self, pipe: tokio::net::unix::pipe::Receiver, stream: Stream, pid: i32) {
@@ -182,6 +183,12 @@ impl LogHub {
             .to_string();
         partial.clear();
         if *dropped > 0 {
+            // Say what was lost only once there is room for the note and the line after it;
+            // else a full channel would fill the ring with notes.
+            if self.tx.capacity() < 2 {
+                *dropped += 1;
+                return;
+            }
             let note = format!(
                 "[orchd] {dropped} lines of output were dropped: the log could not keep up"
             );

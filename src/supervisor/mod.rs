@@ -62,6 +62,10 @@ pub struct ServiceStatus {
     /// Why it is in this state (waiting for a dependency, gave up, the unit's errors, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// In `starting`: the dependencies it waits for. orchd's own readiness notification uses it
+    /// to tell "about to start" from "stuck behind a failing dependency"; not part of the API.
+    #[serde(skip)]
+    pub waiting_on: Vec<String>,
     /// The operator (or start-up) wants it running.
     pub want_up: bool,
     /// Running and healthy (or running with no health check): dependents and deploys may go on.
@@ -113,6 +117,7 @@ impl ServiceStatus {
             restarts: 0,
             since: now_rfc3339(),
             reason: None,
+            waiting_on: Vec::new(),
             want_up: false,
             ready: false,
             port: None,

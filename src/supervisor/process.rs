@@ -16,8 +16,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -70,6 +69,8 @@ pub enum SpawnError {
     Lookup { name: String, source: nix::Error },
     #[error("`{0}` contains a NUL byte")]
     Nul(String),
+    #[error("cannot join the instance cgroup ({path}): {source}")]
+    Cgroup { path: PathBuf, source: io::Error },
     #[error("cannot run {program}: {source}")]
     Exec { program: String, source: io::Error },
     #[error("orchd's spawner thread is gone")]
@@ -246,13 +247,20 @@ fn resolve_creds(spec: &SpawnSpec) -> Result<Option<Creds>, SpawnError> {
 fn spawn_now(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     let program = spec.argv.first().cloned().unwrap_or_default();
     let creds = resolve_creds(spec)?;
+    // Opened here rather than in the child, so that a cgroup that is gone is reported as such
+    // (from the child only an errno comes back, which would read "cannot run PROGRAM").
     let cgroup_procs = match &spec.cgroup {
-        Some(dir) => Some(
-            CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
-                .map_err(|_| SpawnError::Nul(dir.display().to_string()))?,
-        ),
+        Some(dir) => {
+            let path = dir.join("cgroup.procs");
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|source| SpawnError::Cgroup { path, source })?;
+            Some(file)
+        }
         None => None,
     };
+    let cgroup_fd = cgroup_procs.as_ref().map(AsRawFd::as_raw_fd);
     let parent = nix::unistd::getpid();
     let mut cmd = Command::new(&program);
     cmd.args(&spec.argv[1.min(spec.argv.len())..]);
@@ -267,15 +275,17 @@ fn spawn_now(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
     }
     // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
-    // functions (setsid, prctl, getppid, sigprocmask, signal, open, write, close, setgroups,
-    // setgid, setuid, _exit) on data prepared before the fork; it allocates nothing.
+    // functions (setsid, prctl, getppid, sigprocmask, signal, write, setgroups, setgid, setuid,
+    // _exit) on data prepared before the fork; it allocates nothing.
     unsafe {
-        cmd.pre_exec(move || child_setup(parent, cgroup_procs.as_ref(), creds.as_ref()));
+        cmd.pre_exec(move || child_setup(parent, cgroup_fd, creds.as_ref()));
     }
     let child = cmd.spawn().map_err(|source| SpawnError::Exec {
         program: program.clone(),
         source,
     })?;
+    // The child has exec'd (or failed): it no longer needs the cgroup.procs descriptor.
+    drop(cgroup_procs);
     let pid = child.id() as i32;
     let stdout = child.stdout.map(OwnedFd::from);
     let stderr = child.stderr.map(OwnedFd::from);
@@ -288,11 +298,7 @@ fn spawn_now(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
 }
 
 /// Runs in the child between fork and exec. Must stay async-signal-safe.
-fn child_setup(
-    parent: Pid,
-    cgroup_procs: Option<&CString>,
-    creds: Option<&Creds>,
-) -> io::Result<()> {
+fn child_setup(parent: Pid, cgroup_procs: Option<RawFd>, creds: Option<&Creds>) -> io::Result<()> {
     // Own session and process group: stop signals go to the whole group.
     nix::unistd::setsid()?;
     // SAFETY: prctl with PR_SET_PDEATHSIG takes a plain signal number.
@@ -325,8 +331,8 @@ fn child_setup(
         Some(&nix::sys::signal::SigSet::empty()),
         None,
     )?;
-    if let Some(path) = cgroup_procs {
-        join_cgroup(path)?;
+    if let Some(fd) = cgroup_procs {
+        join_cgroup(fd)?;
     }
     if let Some(c) = creds {
         nix::unistd::setgroups(&c.groups)?;
@@ -336,20 +342,12 @@ fn child_setup(
     Ok(())
 }
 
-fn join_cgroup(procs: &CString) -> io::Result<()> {
-    // SAFETY: open/write/close are async-signal-safe; `procs` is a valid C string that outlives
-    // this call; writing "0" to cgroup.procs moves the calling process.
-    unsafe {
-        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-        let err = io::Error::last_os_error();
-        libc::close(fd);
-        if n != 1 {
-            return Err(err);
-        }
+fn join_cgroup(procs: RawFd) -> io::Result<()> {
+    // SAFETY: write is async-signal-safe; `procs` is the parent's open cgroup.procs descriptor,
+    // inherited across fork (CLOEXEC closes it at exec); writing "0" moves the calling process.
+    let n = unsafe { libc::write(procs, b"0".as_ptr().cast(), 1) };
+    if n != 1 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

@@ -58,7 +58,13 @@ pub(super) struct Instance {
     pub(super) pid: i32,
     pub(super) marker: String,
     cgroup: Option<PathBuf>,
+    /// The readers of its stdout and stderr; they end at EOF.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
+
+/// How long an exit waits for the process's last output to be read, so that its log (and the
+/// alert that quotes it) ends with what it printed, not with the exit note.
+const DRAIN_OUTPUT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// One of the service's two slots: a release, its machine, its process and its health.
 pub(super) struct Slot {
@@ -119,6 +125,8 @@ pub(super) struct Supervisor {
     waiting_since: Option<Instant>,
     /// When to evaluate the dependencies again although none changed (a health bound expires).
     dep_recheck: Option<Instant>,
+    /// The dependencies the last evaluation found still on their way (for the status).
+    waiting_on: Vec<String>,
     status: watch::Sender<ServiceStatus>,
     pub(super) logs: LogHub,
     exits_tx: mpsc::UnboundedSender<ExitInfo>,
@@ -130,6 +138,8 @@ pub(super) struct Supervisor {
     /// Why the proxy could not be bound, for status.
     pub(super) proxy_error: Option<String>,
     pub(super) deploy: Option<DeployRun>,
+    /// Inside `advance_deploy` (which feeds slots, which advance the deploy).
+    pub(super) advancing: bool,
     /// Gets a copy of the current deploy's final result (for an instant rollback's reply).
     pub(super) final_tap: Option<tokio::sync::oneshot::Sender<serde_json::Value>>,
 }
@@ -172,6 +182,7 @@ pub fn spawn_supervisor(
         deps,
         waiting_since: None,
         dep_recheck: None,
+        waiting_on: Vec::new(),
         status,
         logs,
         exits_tx,
@@ -180,6 +191,7 @@ pub fn spawn_supervisor(
         proxy: None,
         proxy_error: None,
         deploy: None,
+        advancing: false,
         final_tap: None,
     };
     tracker.spawn(sup.run(cmd_rx, exits_rx, probe_rx, start, cancel));
@@ -334,6 +346,7 @@ impl Supervisor {
         let since = *self.waiting_since.get_or_insert(now);
         let verdict = deps::evaluate(&self.deps, since, now);
         self.dep_recheck = verdict.recheck_at;
+        self.waiting_on = verdict.waiting_on;
         verdict.deps
     }
 
@@ -409,6 +422,10 @@ impl Supervisor {
         }) else {
             return;
         };
+        if let Some(inst) = self.slots[i].instance.as_mut() {
+            let readers = std::mem::take(&mut inst.readers);
+            let _ = tokio::time::timeout(DRAIN_OUTPUT, futures::future::join_all(readers)).await;
+        }
         let what = describe_exit(exit.code, exit.signal);
         tracing::info!(service = %self.unit.name, pid = exit.pid, slot = i, "{what}");
         self.logs
@@ -543,17 +560,19 @@ impl Supervisor {
         match self.shared.spawner.spawn(spec, self.exits_tx.clone()).await {
             Ok(spawned) => {
                 let pid = spawned.pid;
+                let mut readers = Vec::new();
                 if let Some(fd) = spawned.stdout {
-                    self.logs.attach(fd, Stream::Stdout, pid);
+                    readers.push(self.logs.attach(fd, Stream::Stdout, pid));
                 }
                 if let Some(fd) = spawned.stderr {
-                    self.logs.attach(fd, Stream::Stderr, pid);
+                    readers.push(self.logs.attach(fd, Stream::Stderr, pid));
                 }
                 tracing::info!(service = %name, pid, release = %release, slot, "started");
                 self.slots[slot].instance = Some(Instance {
                     pid,
                     marker,
                     cgroup,
+                    readers,
                 });
                 self.publish(EventKind::Started { pid, release });
                 self.start_probing(slot, port);
@@ -635,6 +654,11 @@ impl Supervisor {
             restarts: m.restarts(),
             since: super::now_rfc3339(),
             reason,
+            waiting_on: if m.state() == State::Starting {
+                self.waiting_on.clone()
+            } else {
+                Vec::new()
+            },
             want_up: m.want_up(),
             ready: slot.ready(),
             port: slot.port(&self.unit),

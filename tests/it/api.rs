@@ -85,11 +85,11 @@ fn exit_codes() {
         "{}",
         text(&out.stderr)
     );
-    // 1: not supported yet
-    let out = orchd.ctl(&["history", "api"]);
+    // 1: a rollback with no history to go back to
+    let out = orchd.ctl(&["rollback", "api"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("not supported by this orchd"),
+        text(&out.stderr).contains("no previous release of api is known"),
         "{}",
         text(&out.stderr)
     );

@@ -31,15 +31,21 @@ pub struct Load {
 
 fn read_response(r: &mut BufReader<TcpStream>) -> Result<(u16, String), String> {
     let mut status = String::new();
-    r.read_line(&mut status).map_err(|e| format!("reading status: {e}"))?;
+    r.read_line(&mut status)
+        .map_err(|e| format!("reading status: {e}"))?;
     if status.is_empty() {
         return Err("connection closed before the response".into());
     }
-    let code: u16 = status.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or(format!("bad status line {status:?}"))?;
+    let code: u16 = status
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or(format!("bad status line {status:?}"))?;
     let mut len = 0usize;
     loop {
         let mut h = String::new();
-        r.read_line(&mut h).map_err(|e| format!("reading headers: {e}"))?;
+        r.read_line(&mut h)
+            .map_err(|e| format!("reading headers: {e}"))?;
         if h == "\r\n" || h.is_empty() {
             break;
         }
@@ -48,14 +54,19 @@ fn read_response(r: &mut BufReader<TcpStream>) -> Result<(u16, String), String> 
         }
     }
     let mut body = vec![0u8; len];
-    r.read_exact(&mut body).map_err(|e| format!("reading body: {e}"))?;
+    r.read_exact(&mut body)
+        .map_err(|e| format!("reading body: {e}"))?;
     Ok((code, String::from_utf8_lossy(&body).trim().to_owned()))
 }
 
 fn record(tally: &Mutex<Tally>, r: Result<(u16, String), String>, fresh: bool) {
     let mut t = tally.lock().unwrap();
     match r {
-        Ok((200, release)) => t.answers.push(Answer { at: Instant::now(), release, fresh }),
+        Ok((200, release)) => t.answers.push(Answer {
+            at: Instant::now(),
+            release,
+            fresh,
+        }),
         Ok((code, body)) => t.failures.push(format!("HTTP {code}: {body}")),
         Err(e) => t.failures.push(e),
     }
@@ -84,8 +95,12 @@ impl Load {
                         },
                     };
                     let mut c = c;
-                    let sent = c.get_mut().write_all(b"GET / HTTP/1.1\r\nHost: load\r\n\r\n");
-                    let r = sent.map_err(|e| format!("writing: {e}")).and_then(|_| read_response(&mut c));
+                    let sent = c
+                        .get_mut()
+                        .write_all(b"GET / HTTP/1.1\r\nHost: load\r\n\r\n");
+                    let r = sent
+                        .map_err(|e| format!("writing: {e}"))
+                        .and_then(|_| read_response(&mut c));
                     let ok = r.is_ok();
                     record(&tally, r, false);
                     if ok {
@@ -98,16 +113,25 @@ impl Load {
             let (stop, tally) = (stop.clone(), tally.clone());
             threads.push(std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
-                    let r = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}")).and_then(|mut s| {
-                        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-                        s.write_all(b"GET / HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\r\n").map_err(|e| format!("writing: {e}"))?;
-                        read_response(&mut BufReader::new(s))
-                    });
+                    let r = TcpStream::connect(("127.0.0.1", port))
+                        .map_err(|e| format!("connect: {e}"))
+                        .and_then(|mut s| {
+                            s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                            s.write_all(
+                                b"GET / HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\r\n",
+                            )
+                            .map_err(|e| format!("writing: {e}"))?;
+                            read_response(&mut BufReader::new(s))
+                        });
                     record(&tally, r, true);
                 }
             }));
         }
-        Load { stop, tally, threads }
+        Load {
+            stop,
+            tally,
+            threads,
+        }
     }
 
     /// Answers so far.

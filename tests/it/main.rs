@@ -7,7 +7,13 @@ mod alerts;
 
 mod api;
 mod core;
+mod core_deps;
+mod core_lifecycle;
+mod core_process;
+mod core_restart;
 mod dbus;
+mod deploy;
 mod health;
+mod load;
 mod receiver;
 mod stub;

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -112,12 +113,16 @@ impl Setup {
         self.start_with_env(&[])
     }
 
-    /// Start orchd with extra environment variables.
+    /// Start orchd with extra environment variables (e.g. `NOTIFY_SOCKET`) and wait until its
+    /// socket answers. Each start logs to its own `orchd-N.log`, so a restarted orchd keeps the
+    /// previous one's log.
     pub fn start_with_env(&self, env: &[(&str, &str)]) -> Orchd {
+        static STARTS: AtomicUsize = AtomicUsize::new(0);
         self.write_config();
-        let log = self
-            .path()
-            .join(format!("orchd-{}.log", std::process::id()));
+        let log = self.path().join(format!(
+            "orchd-{}.log",
+            STARTS.fetch_add(1, Ordering::Relaxed)
+        ));
         let child = Command::new(ORCHD)
             .arg("--config")
             .arg(self.config_path())
@@ -211,6 +216,21 @@ impl Orchd {
         );
     }
 
+    /// Like [`wait_for`], with orchd's log in the panic message.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if cond() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!(
+            "timed out after {timeout:?} waiting for {what}\n--- orchd log ---\n{}",
+            self.log_text()
+        );
+    }
+
     /// Wait until `name` runs with a pid different from `old`.
     pub fn wait_new_pid(&self, name: &str, old: Option<i32>, timeout: Duration) -> i32 {
         wait_some(&format!("a new pid for {name}"), timeout, || {
@@ -279,4 +299,114 @@ pub fn lines(path: &Path) -> Vec<String> {
 /// Read a pid a test service wrote to `path`.
 pub fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// State letter and parent pid of a process, from `/proc/PID/stat`.
+pub fn proc_stat(pid: i32) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Every pid in `/proc`.
+pub fn all_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Living (non-zombie) children of `parent`.
+pub fn children(parent: i32) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|&p| proc_stat(p).is_some_and(|(s, pp)| pp == parent && s != 'Z'))
+        .collect()
+}
+
+/// Zombie children of `parent`: exited, not reaped.
+pub fn zombies_of(parent: i32) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|&p| proc_stat(p).is_some_and(|(s, pp)| pp == parent && s == 'Z'))
+        .collect()
+}
+
+/// Pids whose environment has a variable starting with `prefix` (e.g. `ORCH_INSTANCE=abc/`).
+pub fn pids_with_env(prefix: &str) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/environ")).is_ok_and(|env| {
+                env.split(|&b| b == 0)
+                    .any(|var| var.starts_with(prefix.as_bytes()))
+            })
+        })
+        .collect()
+}
+
+/// One variable of a process's environment.
+pub fn env_of(pid: i32, key: &str) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{key}=");
+    env.split(|&b| b == 0)
+        .find_map(|var| var.strip_prefix(prefix.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Resident memory of a process in KiB (`VmRSS`).
+pub fn rss_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// `n` distinct loopback TCP ports that were free a moment ago.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    // Hold all listeners until every port is known, so no port is handed out twice.
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+/// The cgroup directory orchd uses for the services of `setup`, if it found a writable tree.
+pub fn orch_cgroup(setup: &Setup) -> Option<PathBuf> {
+    let id = orch::daemon::daemon_id(&setup.path().join("state"));
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = own.lines().find_map(|l| l.strip_prefix("0::"))?.trim();
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(|m| {
+            Path::new(m)
+                .join(path.trim_start_matches('/'))
+                .join(format!("orch.{id}"))
+        })
+        .find(|d| d.is_dir())
+}
+
+/// Sub-directories (instance cgroups) of a cgroup directory.
+pub fn sub_cgroups(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
