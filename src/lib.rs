@@ -24,6 +24,7 @@
 //! - [`state`]: persisted per-service state, written atomically.
 //! - [`daemon`]: start-up, signals, readiness, watchdog, shutdown.
 //! - [`ctl`]: `orchctl`'s human and JSON output.
+//! - [`manpage`]: `orchd(8)` and `orchctl(1)` from the clap definitions.
 
 pub mod api;
 pub mod config;
@@ -32,6 +33,7 @@ pub mod daemon;
 pub mod event;
 pub mod health;
 pub mod manager;
+pub mod manpage;
 pub mod state;
 pub mod supervisor;
 
