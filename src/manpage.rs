@@ -51,7 +51,7 @@ fn render_subcommand(parent: &str, sub: &clap::Command, w: &mut dyn Write) -> io
                 .map(|s| s.to_string())
                 .unwrap_or_else(|| arg.get_id().to_string().to_uppercase());
             let many = matches!(arg.get_num_args(), Some(r) if r.max_values() > 1);
-            let dots = if many { "\u{2026}" } else { "" };
+            let dots = if many { "..." } else { "" };
             if arg.is_required_set() {
                 usage.push_str(&format!(" {name}{dots}"));
             } else {
