@@ -5,5 +5,7 @@ mod util;
 
 mod api;
 mod core;
+mod docs;
 mod health;
+mod packaging;
 mod stub;
