@@ -170,7 +170,7 @@ The API socket used by \fBorchctl\fR(1).
 The systemd unit.
 .SH SEE ALSO
 \fBorchctl\fR(1), \fBorch.unit\fR(5), \fBsystemctl\fR(1), \fBsystemd.service\fR(5).
-Documentation: \fI/usr/share/doc/orch/\fR.
+Documentation: \fI/usr/share/doc/orch/docs/\fR.
 "#;
 
 /// Extra sections of `orchctl(1)`.
@@ -199,5 +199,5 @@ orchd's socket, when \fB\-\-socket\fR is not given (default \fI/run/orch/orchd.s
 Set to disable colours in human output.
 .SH SEE ALSO
 \fBorchd\fR(8), \fBorch.unit\fR(5).
-Documentation: \fI/usr/share/doc/orch/\fR.
+Documentation: \fI/usr/share/doc/orch/docs/\fR.
 "#;
