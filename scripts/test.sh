@@ -8,6 +8,11 @@ need_apt=()
 command -v dbus-daemon >/dev/null 2>&1 || need_apt+=(dbus)
 command -v busctl >/dev/null 2>&1 || need_apt+=(systemd)
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need_apt+=(python3-aiosmtpd)
+# Packaging (tests/it/packaging.rs): systemd-analyze (in systemd), lintian, groff and man.
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v lintian >/dev/null 2>&1 || need_apt+=(lintian)
+command -v groff >/dev/null 2>&1 || need_apt+=(groff-base)
+command -v man >/dev/null 2>&1 || need_apt+=(man-db)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     echo "installing test dependencies: ${need_apt[*]}"
@@ -19,6 +24,17 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
+# cargo-deb builds the .deb in the packaging test (~1 min to install).
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "installing cargo-deb"
+  cargo install cargo-deb --locked --quiet
+fi
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets "$@"
+# The .deb test builds a release and installs the package (as root): ignored by a plain
+# `cargo test`, run here explicitly so CI runs it.
+if [ $# -eq 0 ]; then
+  cargo test --test it packaging -- --ignored
+fi

@@ -27,6 +27,7 @@
 //! - [`state`]: persisted per-service state, written atomically.
 //! - [`daemon`]: start-up, signals, readiness, watchdog, shutdown.
 //! - [`ctl`]: `orchctl`'s human and JSON output.
+//! - [`manpage`]: `orchd(8)` and `orchctl(1)` from the clap definitions.
 
 pub mod alert;
 pub mod api;
@@ -37,6 +38,7 @@ pub mod deploy;
 pub mod event;
 pub mod health;
 pub mod manager;
+pub mod manpage;
 pub mod state;
 pub mod supervisor;
 

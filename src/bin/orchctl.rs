@@ -12,9 +12,9 @@ use serde_json::Value;
 
 use orch::ctl as render;
 
-/// orchctl — control orchd: status, start/stop, logs, events, deploys, reload, alerts.
+/// Control orchd: status, start/stop, logs, events, deploys, reload, alerts.
 #[derive(Debug, Parser)]
-#[command(name = "orchctl", version = orch::VERSION, about, long_about = None)]
+#[command(name = "orchctl", version = orch::VERSION)]
 struct Cli {
     /// orchd's socket.
     #[arg(
@@ -78,10 +78,11 @@ enum Cmd {
     /// Deploy a release with a zero-downtime port swap (exit 0 only when it succeeded).
     Deploy {
         service: String,
-        #[arg(long)]
+        /// The release to run: substituted for {release} in the unit, exported as ORCH_RELEASE.
+        #[arg(long, value_name = "R")]
         release: String,
         /// Override the unit's deploy.timeout, e.g. "90s".
-        #[arg(long)]
+        #[arg(long, value_name = "DUR")]
         timeout: Option<String>,
         /// Return once the deploy has started instead of waiting for the result.
         #[arg(long)]
@@ -90,7 +91,8 @@ enum Cmd {
     /// Switch back to the previous release (or --to a named one).
     Rollback {
         service: String,
-        #[arg(long)]
+        /// The release to go back to (default: the previous one).
+        #[arg(long, value_name = "R")]
         to: Option<String>,
     },
     /// Show a service's deploy history.
@@ -188,8 +190,13 @@ async fn run(cli: Cli) -> u8 {
             };
         }
         Err(_) => {
-            let man = clap_mangen::Man::new(Cli::command());
-            return match man.render(&mut std::io::stdout()) {
+            let man = orch::manpage::render(
+                Cli::command(),
+                "1",
+                orch::manpage::ORCHCTL_EXTRA,
+                &mut std::io::stdout(),
+            );
+            return match man {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("orchctl: {e}");

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-/// orchd — supervise services: restart with backoff, health checks, alerts, zero-downtime deploys.
+/// Supervise services: restarts with backoff, health checks, alerts, zero-downtime deploys.
 #[derive(Debug, Parser)]
-#[command(name = "orchd", version = orch::VERSION, about, long_about = None)]
+#[command(name = "orchd", version = orch::VERSION)]
 struct Args {
     /// Configuration file; relative paths inside it are relative to its directory.
     #[arg(
@@ -23,10 +23,28 @@ struct Args {
     /// and exit 0 (valid) or 2 (errors).
     #[arg(long)]
     check: bool,
+    /// Print the orchd(8) man page (roff) and exit; used when packaging.
+    #[arg(long, hide = true)]
+    print_man: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.print_man {
+        use clap::CommandFactory;
+        return match orch::manpage::render(
+            Args::command(),
+            "8",
+            orch::manpage::ORCHD_EXTRA,
+            &mut std::io::stdout(),
+        ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("orchd: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if args.check {
         return check(&args.config);
     }

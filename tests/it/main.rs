@@ -4,7 +4,6 @@
 mod util;
 
 mod alerts;
-
 mod api;
 mod core;
 mod core_deps;
@@ -13,7 +12,9 @@ mod core_process;
 mod core_restart;
 mod dbus;
 mod deploy;
+mod docs;
 mod health;
 mod load;
+mod packaging;
 mod receiver;
 mod stub;
