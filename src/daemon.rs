@@ -73,6 +73,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         source,
     })?;
     let socket_path = config.daemon.api.socket.clone();
+    // Handlers first: a SIGTERM while services start must stop them gracefully, not kill orchd.
+    let mut signals =
+        signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(DaemonError::Signals)?;
     let listener = socket::bind(&socket_path).await?;
 
     let id = daemon_id(&state_dir);
@@ -135,8 +138,6 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         ctx,
         server_cancel,
     ));
-    let mut signals =
-        signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(DaemonError::Signals)?;
 
     tokio::spawn(notify_ready(manager.clone()));
     if let Some(period) = watchdog_period() {

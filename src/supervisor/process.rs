@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -44,7 +44,7 @@ pub struct SpawnSpec {
     pub env: Vec<(String, String)>,
     pub user: Option<String>,
     pub group: Option<String>,
-    /// cgroup directory the child joins before exec.
+    /// cgroup directory the process is moved into right after it starts.
     pub cgroup: Option<PathBuf>,
     /// Pipe stdout/stderr back (services) or discard them (probes).
     pub capture_output: bool,
@@ -97,9 +97,13 @@ impl Spawner {
         let registry: Registry = Arc::new(Mutex::new(HashMap::new()));
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let reg = registry.clone();
+        let (mover, moves) = std::sync::mpsc::channel::<(i32, std::fs::File)>();
+        std::thread::Builder::new()
+            .name("orch-cgroup".into())
+            .spawn(move || cgroup_mover(moves))?;
         std::thread::Builder::new()
             .name("orch-spawner".into())
-            .spawn(move || spawner_loop(rx, reg))?;
+            .spawn(move || spawner_loop(rx, reg, mover))?;
         let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGCHLD])?;
         std::thread::Builder::new()
             .name("orch-reaper".into())
@@ -136,17 +140,46 @@ fn lock(
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn spawner_loop(jobs: std::sync::mpsc::Receiver<Job>, registry: Registry) {
+fn spawner_loop(
+    jobs: std::sync::mpsc::Receiver<Job>,
+    registry: Registry,
+    mover: std::sync::mpsc::Sender<(i32, std::fs::File)>,
+) {
     while let Ok(job) = jobs.recv() {
         let result = {
             let mut table = lock(&registry);
             let result = spawn_now(&job.spec);
-            if let Ok(s) = &result {
+            if let Ok((s, _)) = &result {
                 table.insert(s.pid, job.exits);
             }
             result
         };
+        let result = result.map(|(spawned, procs)| {
+            if let Some(file) = procs {
+                let _ = mover.send((spawned.pid, file));
+            }
+            spawned
+        });
         let _ = job.reply.send(result);
+    }
+}
+
+/// Moves new processes into their cgroups, off the spawn path: a write to `cgroup.procs`
+/// waits for an RCU grace period when none was written recently (8–16 ms measured here), which
+/// would otherwise delay every restart. A process that forks in the moment before the move
+/// leaves a child outside the cgroup; it still carries the instance's `ORCH_INSTANCE` marker,
+/// by which a stop finds it too.
+fn cgroup_mover(moves: std::sync::mpsc::Receiver<(i32, std::fs::File)>) {
+    use std::io::Write;
+    while let Ok((pid, mut procs)) = moves.recv() {
+        match procs.write_all(pid.to_string().as_bytes()) {
+            Ok(()) => {}
+            // Gone already (a process that crashed at once): nothing to move.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => {
+                tracing::warn!(pid, error = %e, "cannot move a service process into its cgroup")
+            }
+        }
     }
 }
 
@@ -244,7 +277,7 @@ fn resolve_creds(spec: &SpawnSpec) -> Result<Option<Creds>, SpawnError> {
     Ok(Some(Creds { uid, gid, groups }))
 }
 
-fn spawn_now(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
+fn spawn_now(spec: &SpawnSpec) -> Result<(Spawned, Option<std::fs::File>), SpawnError> {
     let program = spec.argv.first().cloned().unwrap_or_default();
     let creds = resolve_creds(spec)?;
     // Opened here rather than in the child, so that a cgroup that is gone is reported as such
@@ -260,7 +293,6 @@ fn spawn_now(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         }
         None => None,
     };
-    let cgroup_fd = cgroup_procs.as_ref().map(AsRawFd::as_raw_fd);
     let parent = nix::unistd::getpid();
     let mut cmd = Command::new(&program);
     cmd.args(&spec.argv[1.min(spec.argv.len())..]);
@@ -275,30 +307,31 @@ fn spawn_now(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
     }
     // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
-    // functions (setsid, prctl, getppid, sigprocmask, signal, write, setgroups, setgid, setuid,
-    // _exit) on data prepared before the fork; it allocates nothing.
+    // functions (setsid, prctl, getppid, sigprocmask, signal, setgroups, setgid, setuid, _exit)
+    // on data prepared before the fork; it allocates nothing.
     unsafe {
-        cmd.pre_exec(move || child_setup(parent, cgroup_fd, creds.as_ref()));
+        cmd.pre_exec(move || child_setup(parent, creds.as_ref()));
     }
     let child = cmd.spawn().map_err(|source| SpawnError::Exec {
         program: program.clone(),
         source,
     })?;
-    // The child has exec'd (or failed): it no longer needs the cgroup.procs descriptor.
-    drop(cgroup_procs);
     let pid = child.id() as i32;
     let stdout = child.stdout.map(OwnedFd::from);
     let stderr = child.stderr.map(OwnedFd::from);
     // Dropping `Child` does not wait: the reaper owns the exit status.
-    Ok(Spawned {
-        pid,
-        stdout,
-        stderr,
-    })
+    Ok((
+        Spawned {
+            pid,
+            stdout,
+            stderr,
+        },
+        cgroup_procs,
+    ))
 }
 
 /// Runs in the child between fork and exec. Must stay async-signal-safe.
-fn child_setup(parent: Pid, cgroup_procs: Option<RawFd>, creds: Option<&Creds>) -> io::Result<()> {
+fn child_setup(parent: Pid, creds: Option<&Creds>) -> io::Result<()> {
     // Own session and process group: stop signals go to the whole group.
     nix::unistd::setsid()?;
     // SAFETY: prctl with PR_SET_PDEATHSIG takes a plain signal number.
@@ -331,23 +364,10 @@ fn child_setup(parent: Pid, cgroup_procs: Option<RawFd>, creds: Option<&Creds>) 
         Some(&nix::sys::signal::SigSet::empty()),
         None,
     )?;
-    if let Some(fd) = cgroup_procs {
-        join_cgroup(fd)?;
-    }
     if let Some(c) = creds {
         nix::unistd::setgroups(&c.groups)?;
         nix::unistd::setgid(c.gid)?;
         nix::unistd::setuid(c.uid)?;
-    }
-    Ok(())
-}
-
-fn join_cgroup(procs: RawFd) -> io::Result<()> {
-    // SAFETY: write is async-signal-safe; `procs` is the parent's open cgroup.procs descriptor,
-    // inherited across fork (CLOEXEC closes it at exec); writing "0" moves the calling process.
-    let n = unsafe { libc::write(procs, b"0".as_ptr().cast(), 1) };
-    if n != 1 {
-        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

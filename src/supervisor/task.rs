@@ -245,11 +245,13 @@ impl Supervisor {
                 _ = cancel.cancelled() => break,
             }
         }
-        // orchd is going away without a graceful stop of this service: leave nothing behind.
+        // orchd is going away without a graceful stop of this service: leave nothing behind,
+        // before this task ends.
         for i in 0..2 {
             self.stop_probing(i);
             if let Some(inst) = self.slots[i].instance.take() {
-                self.kill_all(&inst);
+                signal_group(inst.pid, Signal::SIGKILL);
+                sweep_instance(&self.unit.name, inst.cgroup.as_deref(), &inst.marker);
             }
         }
     }
@@ -593,20 +595,16 @@ impl Supervisor {
 
     /// SIGKILL everything the instance started: its group, its cgroup, anything with its marker.
     fn kill_all(&self, inst: &Instance) {
+        // The group goes at once; the cgroup and the /proc scan for the marker (milliseconds
+        // each) run beside the restart instead of before it: they only find this instance's
+        // processes, never the next one's.
         signal_group(inst.pid, Signal::SIGKILL);
-        match &inst.cgroup {
-            Some(dir) => {
-                cgroup::kill_cgroup(dir);
-                let dir = dir.clone();
-                tokio::task::spawn_blocking(move || cgroup::remove(&dir));
-            }
-            None => {
-                let n = cgroup::kill_marked(&format!("ORCH_INSTANCE={}", inst.marker));
-                if n > 0 {
-                    tracing::info!(service = %self.unit.name, count = n, "killed processes the service left behind");
-                }
-            }
-        }
+        let (name, dir, marker) = (
+            self.unit.name.clone(),
+            inst.cgroup.clone(),
+            inst.marker.clone(),
+        );
+        tokio::task::spawn_blocking(move || sweep_instance(&name, dir.as_deref(), &marker));
     }
 
     /// Queue an event; it goes out after the status that reflects it (see `publish_status`),
@@ -688,5 +686,20 @@ impl Supervisor {
                 open: self.proxy.as_ref().map_or(0, |p| p.stats().open(s.index)),
             })
             .collect()
+    }
+}
+
+/// Kill what an instance left: its cgroup (then remove it) and anything carrying its marker.
+fn sweep_instance(service: &str, cgroup: Option<&std::path::Path>, marker: &str) {
+    if let Some(dir) = cgroup {
+        cgroup::remove(dir);
+    }
+    let n = cgroup::kill_marked(&format!("ORCH_INSTANCE={marker}"));
+    if n > 0 {
+        tracing::info!(
+            service,
+            count = n,
+            "killed processes the service left behind"
+        );
     }
 }

@@ -212,7 +212,7 @@ fn a_second_sigterm_cuts_a_slow_stop_short_and_leaves_nothing() {
     let main = orchd.wait_new_pid("stubborn", None, T);
     let child = wait_some("the child's pid", T, || read_pid(&child_file));
     orchd.signal(Signal::SIGTERM);
-    wait_for("the service to get SIGTERM", T, || got_term.exists());
+    orchd.wait_for("the service to get SIGTERM", T, || got_term.exists());
     assert!(alive(main) && alive(child));
 
     let t0 = Instant::now();
