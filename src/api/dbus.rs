@@ -431,6 +431,7 @@ async fn follow_services(ctx: Context, emitter: SignalEmitter<'static>) {
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
+                Ok(ev) if deploy_finished(&emitter, &ev).await => {}
                 Ok(ev) if followed.contains(&ev.service) => {}
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     discover(&ctx, &emitter, &mut followed, &mut followers, true).await;
@@ -446,6 +447,21 @@ async fn follow_services(ctx: Context, emitter: SignalEmitter<'static>) {
             }
         }
     }
+}
+
+/// Emit `DeployFinished` for the end of a deploy; true when `ev` was one.
+async fn deploy_finished(emitter: &SignalEmitter<'static>, ev: &crate::event::Event) -> bool {
+    use crate::event::EventKind;
+    let (release, result) = match &ev.kind {
+        EventKind::DeploySucceeded { release, .. } => (release, "succeeded"),
+        EventKind::DeployFailed { release, .. } => (release, "failed"),
+        EventKind::RolledBack { release, .. } => (release, "rolled_back"),
+        _ => return false,
+    };
+    if let Err(e) = Manager1::deploy_finished(emitter, &ev.service, release, result).await {
+        tracing::debug!(service = %ev.service, error = %e, "cannot emit DeployFinished");
+    }
+    true
 }
 
 /// Start a follower for every service not followed yet; `announce` emits its current state.
