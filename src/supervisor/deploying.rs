@@ -14,22 +14,17 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::process::SpawnSpec;
-use super::spec::{self, InstanceParams};
 use super::state::{Input, Machine, State};
 use super::task::Supervisor;
 use super::{DeployMsg, DeployRequest, Health};
 use crate::api::proto::{ApiError, ErrorCode};
-use crate::config::{RestartConfig, RestartPolicy, SwitchMode, substitute};
-use crate::deploy::proxy::Backend;
+use crate::config::{RestartConfig, RestartPolicy};
 use crate::event::EventKind;
 
 /// Default for services without `[deploy]` (restart strategy).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Without a health check, a new release counts as ready once it has run this long.
 const SETTLE: Duration = Duration::from_secs(1);
-/// How long a `switch_command` may run.
-const SWITCH_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Strategy {
@@ -62,7 +57,7 @@ pub(super) enum Outcome {
 }
 
 impl Outcome {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             Outcome::Succeeded => "succeeded",
             Outcome::Failed => "failed",
@@ -79,15 +74,15 @@ pub(super) struct DeployRun {
     pub(super) candidate: usize,
     pub(super) old: usize,
     pub(super) phase: Phase,
-    strategy: Strategy,
-    started: Instant,
-    timeout: Duration,
-    who: String,
-    rollback: bool,
-    announced_start: bool,
+    pub(super) strategy: Strategy,
+    pub(super) started: Instant,
+    pub(super) timeout: Duration,
+    pub(super) who: String,
+    pub(super) rollback: bool,
+    pub(super) announced_start: bool,
     /// Without a health check: when the new release will have run for [`SETTLE`].
-    settled_at: Option<Instant>,
-    progress: mpsc::UnboundedSender<DeployMsg>,
+    pub(super) settled_at: Option<Instant>,
+    pub(super) progress: mpsc::UnboundedSender<DeployMsg>,
 }
 
 impl DeployRun {
@@ -121,7 +116,7 @@ impl DeployRun {
         format!("{} ({phase}, {})", self.release, self.id)
     }
 
-    fn elapsed_ms(&self) -> u64 {
+    pub(super) fn elapsed_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 
@@ -427,7 +422,7 @@ impl Supervisor {
     }
 
     /// The candidate never became ready: stop it; the restart strategy brings the old back.
-    async fn fail_start(&mut self, cand: usize, old: usize, why: String) {
+    pub(super) async fn fail_start(&mut self, cand: usize, old: usize, why: String) {
         let restart = self
             .deploy
             .as_ref()
@@ -498,214 +493,15 @@ impl Supervisor {
         }
     }
 
-    async fn stop_slot(&mut self, slot: usize) {
+    pub(super) async fn stop_slot(&mut self, slot: usize) {
         if !down(self.slots[slot].machine.state()) {
             Box::pin(self.feed(slot, Input::Stop)).await;
         }
     }
 
-    /// During the watch: switch back to the old release (still running), stop the new one.
-    async fn roll_back(&mut self, why: String) {
-        let Some(d) = &self.deploy else { return };
-        let (cand, old) = (d.candidate, d.old);
-        let old_runs = self.slots[old].machine.state() == State::Running;
-        if old_runs && self.switch_to(old).await.is_ok() {
-            self.active = old;
-            self.finish(Outcome::RolledBack, Some(why));
-        } else {
-            self.finish(
-                Outcome::Failed,
-                Some(format!(
-                    "{why}; the previous release is not running, nothing to roll back to"
-                )),
-            );
-        }
-        self.stop_slot(cand).await;
-    }
-
-    /// `orchctl rollback` while the previous release still runs: a pure switch.
-    pub(super) async fn instant_rollback(&mut self) -> Option<Value> {
-        let d = self.deploy.as_ref()?;
-        let (cand, old, phase) = (d.candidate, d.old, d.phase);
-        let final_rx = self.final_listener();
-        match phase {
-            Phase::Watching { .. } | Phase::Draining { .. }
-                if self.slots[old].machine.state() == State::Running =>
-            {
-                self.roll_back("rolled back by an operator".into()).await;
-            }
-            Phase::Starting { .. } | Phase::StoppingOld | Phase::ClearingSlot => {
-                self.fail_start(cand, old, "cancelled by an operator's rollback".into())
-                    .await;
-                if let Some(mut r) = final_rx.and_then(|mut rx| rx.try_recv().ok()) {
-                    if let Some(o) = r.as_object_mut() {
-                        o.insert("result".into(), json!(Outcome::RolledBack.as_str()));
-                    }
-                    return Some(r);
-                }
-                return Some(json!({ "result": Outcome::RolledBack.as_str() }));
-            }
-            _ => return None,
-        }
-        self.sync_proxy();
-        self.publish_status();
-        final_rx.and_then(|mut rx| rx.try_recv().ok())
-    }
-
-    /// A second receiver of the deploy's final object (for the rollback's own reply).
-    fn final_listener(&mut self) -> Option<tokio::sync::oneshot::Receiver<Value>> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.final_tap = Some(tx);
-        Some(rx)
-    }
-
-    /// Stop or shutdown during a deploy: end it consistently.
-    pub(super) async fn abort_deploy(&mut self, why: &str) {
-        let Some(d) = &self.deploy else { return };
-        let (cand, old, phase) = (d.candidate, d.old, d.phase);
-        match phase {
-            Phase::Watching { .. } | Phase::Draining { .. } => self.roll_back(why.to_owned()).await,
-            _ => {
-                self.active = old;
-                self.finish(Outcome::Failed, Some(why.to_owned()));
-                self.stop_slot(cand).await;
-            }
-        }
-    }
-
-    fn set_phase(&mut self, phase: Phase) {
+    pub(super) fn set_phase(&mut self, phase: Phase) {
         if let Some(d) = self.deploy.as_mut() {
             d.phase = phase;
         }
-    }
-
-    /// Point the public side at `slot`: the proxy, or the operator's `switch_command`.
-    async fn switch_to(&mut self, slot: usize) -> Result<(), String> {
-        let port = self.slots[slot].port(&self.unit);
-        let Some(cfg) = self.unit.deploy.clone() else {
-            return Ok(());
-        };
-        match cfg.switch {
-            SwitchMode::Proxy => {
-                if let (Some(p), Some(port)) = (&self.proxy, port) {
-                    p.switch(Some(Backend {
-                        slot,
-                        addr: ([127, 0, 0, 1], port).into(),
-                    }));
-                }
-                Ok(())
-            }
-            SwitchMode::Command => {
-                let argv = cfg.switch_command.unwrap_or_default();
-                self.run_switch_command(slot, &argv, port).await
-            }
-        }
-    }
-
-    async fn run_switch_command(
-        &mut self,
-        slot: usize,
-        argv: &[String],
-        port: Option<u16>,
-    ) -> Result<(), String> {
-        let release = self.slots[slot].release.clone();
-        let params = InstanceParams {
-            port,
-            release: release.clone(),
-            marker: format!("{}/{}/switch", self.shared.daemon_id, self.unit.name),
-            cgroup: None,
-        };
-        let mut spec: SpawnSpec =
-            spec::build_argv(&self.unit, argv, &params).map_err(|e| e.to_string())?;
-        spec.capture_output = false;
-        let shown: Vec<String> = argv.iter().map(|a| substitute(a, port, &release)).collect();
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let spawned = self
-            .shared
-            .spawner
-            .spawn(spec, tx)
-            .await
-            .map_err(|e| e.to_string())?;
-        match tokio::time::timeout(SWITCH_COMMAND_TIMEOUT, rx.recv()).await {
-            Ok(Some(exit)) if exit.code == Some(0) => Ok(()),
-            Ok(Some(exit)) => Err(format!(
-                "{} {}",
-                shown.join(" "),
-                super::state::describe_exit(exit.code, exit.signal)
-            )),
-            Ok(None) => Err("lost track of the switch command".into()),
-            Err(_) => {
-                super::process::signal_group(spawned.pid, nix::sys::signal::Signal::SIGKILL);
-                Err(format!(
-                    "{} did not finish within {}",
-                    shown.join(" "),
-                    humantime::format_duration(SWITCH_COMMAND_TIMEOUT)
-                ))
-            }
-        }
-    }
-
-    /// End the deploy: event, final message, the candidate's normal restart policy.
-    fn finish(&mut self, outcome: Outcome, reason: Option<String>) {
-        let Some(d) = self.deploy.take() else { return };
-        if outcome == Outcome::Succeeded {
-            self.slots[d.candidate]
-                .machine
-                .reconfigure(self.unit.restart.clone(), self.unit.stop.clone());
-        }
-        let duration_ms = d.elapsed_ms();
-        let (release, to) = match outcome {
-            Outcome::Succeeded => (d.release.clone(), d.release.clone()),
-            _ => (d.release.clone(), d.previous.clone()),
-        };
-        let final_obj = json!({
-            "deploy_id": d.id,
-            "result": outcome.as_str(),
-            "release": release,
-            "previous": d.previous,
-            "active": to,
-            "duration_ms": duration_ms,
-            "reason": reason,
-            "rollback": d.rollback,
-        });
-        match outcome {
-            Outcome::Succeeded => {
-                tracing::info!(service = %self.unit.name, deploy = %d.id, release = %d.release, duration_ms, "deploy succeeded")
-            }
-            _ => {
-                tracing::warn!(service = %self.unit.name, deploy = %d.id, release = %d.release, result = outcome.as_str(), "deploy did not succeed: {}", reason.clone().unwrap_or_default())
-            }
-        }
-        let event = match outcome {
-            Outcome::Succeeded => EventKind::DeploySucceeded {
-                deploy_id: d.id.clone(),
-                release: d.release.clone(),
-                previous: d.previous.clone(),
-                duration_ms,
-                who: d.who.clone(),
-                rollback: d.rollback,
-            },
-            Outcome::Failed => EventKind::DeployFailed {
-                deploy_id: d.id.clone(),
-                release: d.release.clone(),
-                previous: d.previous.clone(),
-                reason: reason.clone().unwrap_or_default(),
-                duration_ms,
-                who: d.who.clone(),
-            },
-            Outcome::RolledBack => EventKind::RolledBack {
-                deploy_id: d.id.clone(),
-                release: d.release.clone(),
-                to: d.previous.clone(),
-                reason: reason.clone().unwrap_or_default(),
-                duration_ms,
-                who: d.who.clone(),
-            },
-        };
-        self.publish(event);
-        if let Some(tap) = self.final_tap.take() {
-            let _ = tap.send(final_obj.clone());
-        }
-        let _ = d.progress.send(DeployMsg::Done(final_obj));
     }
 }

@@ -6,14 +6,18 @@
 //! [`state::Machine`] and performs the actions it returns.
 
 pub mod cgroup;
+mod deploy_end;
 mod deploying;
 pub mod deps;
+mod instance;
 pub mod logs;
 mod probing;
 pub mod process;
 pub mod restart;
 pub mod spec;
 pub mod state;
+mod status;
+mod switching;
 mod task;
 
 use std::sync::Arc;

@@ -15,12 +15,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use super::cgroup::{self, CgroupRoot};
+use super::cgroup::CgroupRoot;
 use super::deploying::DeployRun;
 use super::deps;
-use super::logs::{Journal, LogHub, Stream};
+use super::instance::sweep_instance;
+use super::logs::{Journal, LogHub};
 use super::process::{ExitInfo, Spawner, signal_group};
-use super::spec::{self, InstanceParams};
 use super::state::{Action, Ctx, Deps, Input, Machine, State, describe_exit};
 use super::{Command, DepWatch, Health, Op, ServiceStatus, SupervisorHandle};
 use crate::config::{SwitchMode, Unit};
@@ -57,9 +57,9 @@ pub struct SupervisorSpec {
 pub(super) struct Instance {
     pub(super) pid: i32,
     pub(super) marker: String,
-    cgroup: Option<PathBuf>,
+    pub(super) cgroup: Option<PathBuf>,
     /// The readers of its stdout and stderr; they end at EOF.
-    readers: Vec<tokio::task::JoinHandle<()>>,
+    pub(super) readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// How long an exit waits for the process's last output to be read, so that its log (and the
@@ -74,7 +74,7 @@ pub(super) struct Slot {
     pub(super) instance: Option<Instance>,
     /// The instance whose main process just exited, while its exit is being handled: its
     /// leftovers (the rest of its group, its cgroup) are still to be killed.
-    dying: Option<Instance>,
+    pub(super) dying: Option<Instance>,
     /// Health of the running instance (None: no check, or not running).
     pub(super) health: Option<Tracker>,
     /// Stops the running instance's prober.
@@ -118,21 +118,21 @@ pub(super) struct Supervisor {
     pub(super) slots: [Slot; 2],
     /// The slot that serves (and whose state is the service's state).
     pub(super) active: usize,
-    spawn_seq: u64,
+    pub(super) spawn_seq: u64,
     pub(super) next_tag: u64,
-    deps: Vec<DepWatch>,
+    pub(super) deps: Vec<DepWatch>,
     /// When this service started waiting for its dependencies (bounds the wait for health).
-    waiting_since: Option<Instant>,
+    pub(super) waiting_since: Option<Instant>,
     /// When to evaluate the dependencies again although none changed (a health bound expires).
-    dep_recheck: Option<Instant>,
+    pub(super) dep_recheck: Option<Instant>,
     /// The dependencies the last evaluation found still on their way (for the status).
-    waiting_on: Vec<String>,
-    status: watch::Sender<ServiceStatus>,
+    pub(super) waiting_on: Vec<String>,
+    pub(super) status: watch::Sender<ServiceStatus>,
     pub(super) logs: LogHub,
-    exits_tx: mpsc::UnboundedSender<ExitInfo>,
+    pub(super) exits_tx: mpsc::UnboundedSender<ExitInfo>,
     pub(super) probe_tx: mpsc::Sender<(u64, ProbeResult)>,
     /// Events waiting for the status update that goes with them.
-    events: Vec<Event>,
+    pub(super) events: Vec<Event>,
     /// The public listener of a `[deploy]` service with the built-in proxy.
     pub(super) proxy: Option<Proxy>,
     /// Why the proxy could not be bound, for status.
@@ -520,186 +520,5 @@ impl Supervisor {
             EventKind::SpawnFailed { error } => tracing::error!(service = %name, "{error}"),
             _ => {}
         }
-    }
-
-    async fn spawn(&mut self, slot: usize) -> Input {
-        let port = self.slots[slot].port(&self.unit);
-        if self.unit.is_monitor_only() {
-            self.start_probing(slot, None);
-            return Input::Spawned { pid: 0 };
-        }
-        self.spawn_seq += 1;
-        let name = self.unit.name.clone();
-        let marker = format!(
-            "{}/{}/{}/{}",
-            self.shared.daemon_id, name, slot, self.spawn_seq
-        );
-        let cgroup = match &self.shared.cgroups {
-            Some(root) => match root.instance(&format!("{name}.{slot}.{}", self.spawn_seq)) {
-                Ok(dir) => Some(dir),
-                Err(e) => {
-                    tracing::warn!(service = %name, error = %e, "cannot create the instance cgroup; using the process group");
-                    None
-                }
-            },
-            None => None,
-        };
-        let release = self.slots[slot].release.clone();
-        let params = InstanceParams {
-            port,
-            release: release.clone(),
-            marker: marker.clone(),
-            cgroup: cgroup.clone(),
-        };
-        let spec = match spec::build(&self.unit, &params) {
-            Ok(spec) => spec,
-            Err(e) => {
-                return Input::SpawnFailed {
-                    error: e.to_string(),
-                };
-            }
-        };
-        match self.shared.spawner.spawn(spec, self.exits_tx.clone()).await {
-            Ok(spawned) => {
-                let pid = spawned.pid;
-                let mut readers = Vec::new();
-                if let Some(fd) = spawned.stdout {
-                    readers.push(self.logs.attach(fd, Stream::Stdout, pid));
-                }
-                if let Some(fd) = spawned.stderr {
-                    readers.push(self.logs.attach(fd, Stream::Stderr, pid));
-                }
-                tracing::info!(service = %name, pid, release = %release, slot, "started");
-                self.slots[slot].instance = Some(Instance {
-                    pid,
-                    marker,
-                    cgroup,
-                    readers,
-                });
-                self.publish(EventKind::Started { pid, release });
-                self.start_probing(slot, port);
-                Input::Spawned { pid }
-            }
-            Err(e) => Input::SpawnFailed {
-                error: e.to_string(),
-            },
-        }
-    }
-
-    fn signal(&self, inst: &Instance, sig: Signal) {
-        signal_group(inst.pid, sig);
-        if let Some(dir) = &inst.cgroup {
-            cgroup::signal_cgroup(dir, sig);
-        }
-    }
-
-    /// SIGKILL everything the instance started: its group, its cgroup, anything with its marker.
-    fn kill_all(&self, inst: &Instance) {
-        // The group goes at once; the cgroup and the /proc scan for the marker (milliseconds
-        // each) run beside the restart instead of before it: they only find this instance's
-        // processes, never the next one's.
-        signal_group(inst.pid, Signal::SIGKILL);
-        let (name, dir, marker) = (
-            self.unit.name.clone(),
-            inst.cgroup.clone(),
-            inst.marker.clone(),
-        );
-        tokio::task::spawn_blocking(move || sweep_instance(&name, dir.as_deref(), &marker));
-    }
-
-    /// Queue an event; it goes out after the status that reflects it (see `publish_status`),
-    /// so a subscriber that looks at the status on an event sees the new one.
-    pub(super) fn publish(&mut self, kind: EventKind) {
-        self.events.push(Event::now(&self.unit.name, kind));
-    }
-
-    pub(super) fn publish_status(&mut self) {
-        let new = self.snapshot();
-        self.status.send_if_modified(|s| {
-            let mut new = new;
-            if s.state == new.state && s.pid == new.pid {
-                new.since.clone_from(&s.since);
-            }
-            if *s == new {
-                return false;
-            }
-            *s = new;
-            true
-        });
-        for event in self.events.drain(..) {
-            self.shared.bus.publish(event);
-        }
-    }
-
-    fn snapshot(&self) -> ServiceStatus {
-        let slot = &self.slots[self.active];
-        let m = &slot.machine;
-        let probes: Vec<ProbeResult> = slot
-            .health
-            .iter()
-            .flat_map(|t| t.results().cloned())
-            .collect();
-        let reason = self
-            .proxy_error
-            .clone()
-            .or_else(|| m.reason().map(str::to_owned));
-        ServiceStatus {
-            name: self.unit.name.clone(),
-            state: m.state(),
-            health: slot.health(),
-            pid: slot.instance.as_ref().map(|i| i.pid).filter(|&p| p > 0),
-            release: slot.release.clone(),
-            restarts: m.restarts(),
-            since: super::now_rfc3339(),
-            reason,
-            waiting_on: if m.state() == State::Starting {
-                self.waiting_on.clone()
-            } else {
-                Vec::new()
-            },
-            want_up: m.want_up(),
-            ready: slot.ready(),
-            port: slot.port(&self.unit),
-            description: self.unit.description.clone(),
-            last_probe: probes.last().cloned(),
-            last_failure: slot.health.as_ref().and_then(|t| t.last_failure().cloned()),
-            probes,
-            deploying: self.deploy.as_ref().map(DeployRun::describe),
-            slots: self.slot_statuses(),
-        }
-    }
-
-    fn slot_statuses(&self) -> Vec<super::SlotStatus> {
-        if self.unit.deploy.is_none() {
-            return vec![];
-        }
-        self.slots
-            .iter()
-            .map(|s| super::SlotStatus {
-                slot: s.index,
-                active: s.index == self.active,
-                port: s.port(&self.unit),
-                release: s.release.clone(),
-                state: s.machine.state(),
-                health: s.health(),
-                pid: s.instance.as_ref().map(|i| i.pid),
-                open: self.proxy.as_ref().map_or(0, |p| p.stats().open(s.index)),
-            })
-            .collect()
-    }
-}
-
-/// Kill what an instance left: its cgroup (then remove it) and anything carrying its marker.
-fn sweep_instance(service: &str, cgroup: Option<&std::path::Path>, marker: &str) {
-    if let Some(dir) = cgroup {
-        cgroup::remove(dir);
-    }
-    let n = cgroup::kill_marked(&format!("ORCH_INSTANCE={marker}"));
-    if n > 0 {
-        tracing::info!(
-            service,
-            count = n,
-            "killed processes the service left behind"
-        );
     }
 }
