@@ -352,12 +352,10 @@ fn deploy_step(v: &Value) -> String {
             s("previous"),
             s("strategy")
         ),
-        "started" => format!(
-            "started {} on port {} (pid {})",
-            s("release"),
-            s("port"),
-            s("pid")
-        ),
+        "started" => match v.get("port").and_then(Value::as_u64) {
+            Some(port) => format!("started {} on port {port} (pid {})", s("release"), s("pid")),
+            None => format!("started {} (pid {})", s("release"), s("pid")),
+        },
         "healthy" => format!("{} is ready after {}", s("release"), ms_text(v, "after_ms")),
         "switched" => format!(
             "switched: new requests go to {} on port {}",
@@ -405,7 +403,7 @@ fn deploy_result(v: &Value) -> String {
 /// `orchctl history SVC`: newest first.
 fn history_text(v: &Value) -> String {
     let mut out =
-        String::from("FINISHED              RELEASE  PREVIOUS  RESULT       DURATION  WHO\n");
+        String::from("FINISHED                  RELEASE  PREVIOUS  RESULT       DURATION  WHO\n");
     for e in v
         .get("history")
         .and_then(Value::as_array)
@@ -415,7 +413,7 @@ fn history_text(v: &Value) -> String {
     {
         let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
         out.push_str(&format!(
-            "{:<21} {:<8} {:<9} {:<12} {:<9} {}\n",
+            "{:<25} {:<8} {:<9} {:<12} {:<9} {}\n",
             s("finished"),
             s("release"),
             s("previous"),

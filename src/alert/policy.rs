@@ -161,14 +161,10 @@ impl Policy {
                 }
                 out
             }
-            EventKind::DeployFailed {
-                reason, release, ..
-            } => self.deploy_alert(
-                service,
-                AlertEvent::DeployFailed,
-                format!("release {release}: {reason}"),
-                now,
-            ),
+            // The reason already names the release ("release v42 was not ready within …").
+            EventKind::DeployFailed { reason, .. } => {
+                self.deploy_alert(service, AlertEvent::DeployFailed, reason.clone(), now)
+            }
             EventKind::RolledBack {
                 reason,
                 release,

@@ -242,9 +242,16 @@ async fn talk(
             continue;
         }
         out.result(name, &result);
-        // A deploy or rollback that ran and did not succeed is a failed operation (exit 1).
+        // A deploy that ran and did not succeed is a failed operation (exit 1). A rollback
+        // succeeded when it switched back (an instant one reports the deploy it ended as
+        // `rolled_back`) or when its deploy of the previous release succeeded.
         let outcome = result.get("result").and_then(Value::as_str);
-        if matches!(name, "deploy" | "rollback") && outcome.is_some_and(|r| r != "succeeded") {
+        let ok = match name {
+            "deploy" => outcome.is_none_or(|r| r == "succeeded"),
+            "rollback" => outcome.is_none_or(|r| r == "succeeded" || r == "rolled_back"),
+            _ => true,
+        };
+        if !ok {
             return Ok(1);
         }
         return Ok(0);

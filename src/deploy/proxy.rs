@@ -5,8 +5,9 @@
 //!   existing client connection goes to the new release and clients never meet a connection
 //!   the old release closed. Keep-alive, HTTP/2 from clients, WebSocket upgrades (tunnelled),
 //!   `Host` kept, `X-Forwarded-For`/`X-Forwarded-Proto` added, pooled upstream connections.
-//!   An idempotent request without a body whose upstream connection failed before any
-//!   response byte is retried once.
+//!   An idempotent request without a body whose upstream failed before a whole response is
+//!   retried (twice at most, after waiting up to 2 s for a switch); responses up to 256 KiB
+//!   are read whole first, so a dying backend never hands a client a truncated body.
 //! - `tcp` mode: routing per connection; open connections stay on their slot until they close
 //!   or the slot is drained.
 //!

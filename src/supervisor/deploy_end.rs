@@ -41,16 +41,21 @@ impl Supervisor {
             {
                 self.roll_back("rolled back by an operator".into()).await;
             }
+            // Before the switch: end the deploy as rolled back, stop the new release, and (restart
+            // strategy) bring the old one back.
             Phase::Starting { .. } | Phase::StoppingOld | Phase::ClearingSlot => {
-                self.fail_start(cand, old, "cancelled by an operator's rollback".into())
-                    .await;
-                if let Some(mut r) = final_rx.and_then(|mut rx| rx.try_recv().ok()) {
-                    if let Some(o) = r.as_object_mut() {
-                        o.insert("result".into(), json!(Outcome::RolledBack.as_str()));
-                    }
-                    return Some(r);
+                self.active = old;
+                self.finish(
+                    Outcome::RolledBack,
+                    Some("cancelled by an operator's rollback".into()),
+                );
+                self.stop_slot(cand).await;
+                if !matches!(
+                    self.slots[old].machine.state(),
+                    State::Running | State::Starting
+                ) {
+                    Box::pin(self.feed(old, super::state::Input::Start)).await;
                 }
-                return Some(json!({ "result": Outcome::RolledBack.as_str() }));
             }
             _ => return None,
         }
@@ -71,7 +76,12 @@ impl Supervisor {
         let Some(d) = &self.deploy else { return };
         let (cand, old, phase) = (d.candidate, d.old, d.phase);
         match phase {
-            Phase::Watching { .. } | Phase::Draining { .. } => self.roll_back(why.to_owned()).await,
+            Phase::Watching { .. } => self.roll_back(why.to_owned()).await,
+            // The new release passed its watch: it stays, whatever stops now.
+            Phase::Draining { .. } | Phase::StoppingPrevious => {
+                self.finish(Outcome::Succeeded, None);
+                self.stop_slot(old).await;
+            }
             _ => {
                 self.active = old;
                 self.finish(Outcome::Failed, Some(why.to_owned()));

@@ -147,9 +147,8 @@ impl Supervisor {
             return Err(ApiError::new(
                 ErrorCode::Busy,
                 format!(
-                    "a deploy of {} is already running: {} ({}) started by {} {}s ago; wait for it or run `orchctl rollback {}`",
+                    "a deploy of {} is already running: {} started by {} {}s ago; wait for it or run `orchctl rollback {}`",
                     self.unit.name,
-                    d.id,
                     d.describe(),
                     d.who,
                     d.started.elapsed().as_secs(),
@@ -211,9 +210,7 @@ impl Supervisor {
             who: req.who,
         });
         self.deploy = Some(run);
-        self.advance_deploy().await;
-        self.sync_proxy();
-        self.publish_status();
+        self.settle().await;
         Ok(id)
     }
 
@@ -481,9 +478,7 @@ impl Supervisor {
             }
             Phase::ClearingSlot | Phase::StoppingOld | Phase::StoppingPrevious => {}
         }
-        self.advance_deploy().await;
-        self.sync_proxy();
-        self.publish_status();
+        self.settle().await;
     }
 
     async fn stop_previous(&mut self, old: usize) {

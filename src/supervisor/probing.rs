@@ -151,8 +151,6 @@ impl Supervisor {
             }
         }
         // Health changes may move a deploy on (healthy candidate, unhealthy during watch).
-        self.advance_deploy().await;
-        self.sync_proxy();
-        self.publish_status();
+        self.settle().await;
     }
 }

@@ -138,6 +138,8 @@ pub(super) struct Supervisor {
     /// Why the proxy could not be bound, for status.
     pub(super) proxy_error: Option<String>,
     pub(super) deploy: Option<DeployRun>,
+    /// `switch = "command"`: the switch command still has to run for the first ready release.
+    pub(super) switch_pending: bool,
     /// Inside `advance_deploy` (which feeds slots, which advance the deploy).
     pub(super) advancing: bool,
     /// Gets a copy of the current deploy's final result (for an instant rollback's reply).
@@ -172,6 +174,10 @@ pub fn spawn_supervisor(
         Slot::new(0, &unit, release.clone()),
         Slot::new(1, &unit, release),
     ];
+    let switch_command = unit
+        .deploy
+        .as_ref()
+        .is_some_and(|d| d.switch == SwitchMode::Command);
     let sup = Supervisor {
         unit,
         shared,
@@ -192,6 +198,7 @@ pub fn spawn_supervisor(
         proxy_error: None,
         deploy: None,
         advancing: false,
+        switch_pending: switch_command,
         final_tap: None,
     };
     tracker.spawn(sup.run(cmd_rx, exits_rx, probe_rx, start, cancel));
@@ -473,9 +480,29 @@ impl Supervisor {
             self.waiting_since = None;
             self.dep_recheck = None;
         }
+        self.settle().await;
+    }
+
+    /// After any change: let the deploy move on, point the proxy (or the switch command) at
+    /// the active slot, publish the status and the events that go with it.
+    pub(super) async fn settle(&mut self) {
         self.advance_deploy().await;
         self.sync_proxy();
+        self.point_switch_at_start().await;
         self.publish_status();
+    }
+
+    /// With `switch = "command"`, the front (nginx, …) learns the active slot's port once it is
+    /// ready after orchd starts: the last deploy may have left the other port there.
+    async fn point_switch_at_start(&mut self) {
+        if !self.switch_pending || self.deploy.is_some() || !self.slots[self.active].ready() {
+            return;
+        }
+        self.switch_pending = false;
+        let active = self.active;
+        if let Err(e) = Box::pin(self.switch_to(active)).await {
+            tracing::error!(service = %self.unit.name, "pointing the front at the running release failed: {e}");
+        }
     }
 
     async fn perform(&mut self, slot: usize, action: Action) -> Option<Input> {
@@ -504,7 +531,14 @@ impl Supervisor {
             }
             Action::Emit(kind) => {
                 self.on_emit(&kind);
-                self.publish(kind);
+                // A release being judged by a deploy (not serving yet) that fails is the
+                // deploy's failure (`deploy_failed`), not the service's: no `failed` alert.
+                let judged = self.deploy.as_ref().is_some_and(|d| d.candidate == slot)
+                    && slot != self.active;
+                if !(judged && matches!(kind, EventKind::Failed { .. } | EventKind::Backoff { .. }))
+                {
+                    self.publish(kind);
+                }
                 None
             }
         }

@@ -314,8 +314,17 @@ fn a_second_deploy_is_refused_while_one_runs() {
             && err.contains("started by uid 0 (root)"),
         "{err}"
     );
-    assert!(o.ctl(&["rollback", "api"]).status.code() == Some(1));
-    let _ = first.join();
+    // A rollback cancels the running deploy: it succeeds, the deploy ends rolled back.
+    let out = o.ctl(&["rollback", "api"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let first = first.join().unwrap();
+    assert_eq!(first.status.code(), Some(1));
+    assert!(
+        text(&first.stdout).contains("ROLLED BACK"),
+        "{}",
+        text(&first.stdout)
+    );
+    assert_eq!(o.status("api")["release"], "v1");
 }
 
 #[test]
@@ -418,12 +427,24 @@ fn an_external_switch_command_points_the_front_at_the_new_port() {
         p.b
     );
     s.unit("api", &unit);
-    let o = s.start();
+    let mut o = s.start();
     o.wait_new_pid("api", None, T);
+    // At start the front is pointed at the running release.
+    wait_for("the switch command at start", T, || {
+        std::fs::read_to_string(&record).is_ok_and(|r| r.trim() == p.a.to_string())
+    });
     let (code, lines) = deploy(&o, "v2");
     assert_eq!(code, Some(0), "{lines:?}");
     assert_eq!(
         std::fs::read_to_string(&record).unwrap().trim(),
         p.b.to_string()
     );
+    // After a restart of orchd the release runs on the first slot again: the front follows.
+    assert!(o.stop().success());
+    let o = s.start();
+    o.wait_new_pid("api", None, T);
+    wait_for("the front to follow the restarted release", T, || {
+        std::fs::read_to_string(&record).is_ok_and(|r| r.trim() == p.a.to_string())
+    });
+    assert_eq!(o.status("api")["release"], "v2");
 }
