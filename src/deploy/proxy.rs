@@ -283,15 +283,8 @@ async fn forward(mut req: Request<Incoming>, peer: SocketAddr, ctx: &Ctx) -> Res
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_owned();
-    let uri: http::Uri = match format!("http://{}{}", backend.addr, path).parse() {
-        Ok(u) => u,
-        Err(_) => return plain(StatusCode::BAD_REQUEST, "bad request target\n"),
+    let Some(uri) = upstream_uri(&parts.uri, backend) else {
+        return plain(StatusCode::BAD_REQUEST, "bad request target\n");
     };
     if parts.headers.get(header::HOST).is_none() {
         if let Some(auth) = parts.uri.authority() {
@@ -417,15 +410,7 @@ async fn with_retries(
         };
         backend = now;
         let mut parts = clone_parts(&template);
-        let path = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_owned();
-        parts.uri = format!("http://{}{}", backend.addr, path)
-            .parse()
-            .map_err(|_| err.clone())?;
+        parts.uri = upstream_uri(&parts.uri, backend).ok_or_else(|| err.clone())?;
         let empty = Empty::<Bytes>::new()
             .map_err(|never| match never {})
             .boxed();
@@ -471,6 +456,12 @@ fn guarded(resp: Response<Body>, guard: OpenGuard) -> Response<Body> {
         }
         .boxed(),
     )
+}
+
+/// The request's path and query on `backend`.
+fn upstream_uri(uri: &http::Uri, backend: Backend) -> Option<http::Uri> {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    format!("http://{}{path}", backend.addr).parse().ok()
 }
 
 fn clone_parts(p: &http::request::Parts) -> http::request::Parts {

@@ -58,6 +58,22 @@ fn deploy(o: &Orchd, release: &str) -> (Option<i32>, Vec<Value>) {
     (out.status.code(), lines)
 }
 
+/// Run orchctl with `args` in a thread (a deploy that waits while the test acts).
+fn in_background(
+    sock: std::path::PathBuf,
+    args: &[&str],
+) -> std::thread::JoinHandle<std::process::Output> {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    std::thread::spawn(move || {
+        std::process::Command::new(ORCHCTL)
+            .arg("--socket")
+            .arg(sock)
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+}
+
 fn result_of(lines: &[Value]) -> Value {
     lines.last().cloned().unwrap_or(Value::Null)
 }
@@ -201,17 +217,7 @@ fn a_crash_during_the_watch_rolls_back_automatically() {
     wait_serving(&p, "v1");
     let load = Load::start(p.listen, 3, 1);
     wait_for("the load to run", T, || load.count() > 20);
-    let ctl = {
-        let sock = s.socket();
-        std::thread::spawn(move || {
-            std::process::Command::new(ORCHCTL)
-                .arg("--socket")
-                .arg(sock)
-                .args(["--json", "deploy", "api", "--release", "v2"])
-                .output()
-                .unwrap()
-        })
-    };
+    let ctl = in_background(s.socket(), &["--json", "deploy", "api", "--release", "v2"]);
     wait_for("v2 to be switched to", T, || {
         o.status("api")["release"] == "v2"
     });
@@ -244,14 +250,7 @@ fn instant_and_late_rollbacks() {
     wait_serving(&p, "v1");
     let load = Load::start(p.listen, 2, 1);
     let sock = s.socket();
-    let ctl = std::thread::spawn(move || {
-        std::process::Command::new(ORCHCTL)
-            .arg("--socket")
-            .arg(sock)
-            .args(["--json", "deploy", "api", "--release", "v2"])
-            .output()
-            .unwrap()
-    });
+    let ctl = in_background(sock, &["--json", "deploy", "api", "--release", "v2"]);
     wait_for("v2 to be switched to", T, || {
         o.status("api")["release"] == "v2"
     });
@@ -293,14 +292,7 @@ fn a_second_deploy_is_refused_while_one_runs() {
     let o = s.start();
     wait_serving(&p, "v1");
     let sock = s.socket();
-    let first = std::thread::spawn(move || {
-        std::process::Command::new(ORCHCTL)
-            .arg("--socket")
-            .arg(sock)
-            .args(["deploy", "api", "--release", "v2"])
-            .output()
-            .unwrap()
-    });
+    let first = in_background(sock, &["deploy", "api", "--release", "v2"]);
     wait_for("the first deploy to be running", T, || {
         o.status("api")
             .get("deploying")
@@ -349,14 +341,7 @@ fn sigterm_in_the_middle_of_a_deploy_leaves_a_consistent_state() {
     let mut o = s.start();
     wait_serving(&p, "v1");
     let sock = s.socket();
-    let ctl = std::thread::spawn(move || {
-        std::process::Command::new(ORCHCTL)
-            .arg("--socket")
-            .arg(sock)
-            .args(["--json", "deploy", "api", "--release", "v2"])
-            .output()
-            .unwrap()
-    });
+    let ctl = in_background(sock, &["--json", "deploy", "api", "--release", "v2"]);
     wait_for("v2 to be switched to", T, || {
         o.status("api")["release"] == "v2"
     });
