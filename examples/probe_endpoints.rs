@@ -25,7 +25,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nok\n";
+const RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nok\n";
 
 type Records = Arc<Mutex<Vec<(u32, Instant)>>>;
 
@@ -60,7 +61,10 @@ async fn run(n: usize, ports_file: String, interval_ms: f64) -> anyhow::Result<(
     let mut usr2 = signal(SignalKind::user_defined2())?;
     usr1.recv().await;
     let (start, cpu0) = (Instant::now(), cpu_ms());
-    records.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clear();
+    records
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clear();
     usr2.recv().await;
     let (secs, cpu) = (start.elapsed().as_secs_f64(), cpu_ms() - cpu0);
     let recs = std::mem::take(&mut *records.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
