@@ -70,8 +70,6 @@ pub enum EventKind {
         duration_ms: u64,
         who: String,
     },
-    /// Processes were found and killed that a service (or a previous orchd) left behind.
-    OrphansKilled { count: usize },
 }
 
 /// One event on the bus.

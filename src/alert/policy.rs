@@ -177,7 +177,6 @@ impl Policy {
                 now,
             ),
             EventKind::Stopped
-            | EventKind::OrphansKilled { .. }
             | EventKind::DeployStarted { .. }
             | EventKind::Switched { .. }
             | EventKind::DeploySucceeded { .. } => vec![],

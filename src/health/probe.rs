@@ -44,7 +44,9 @@ fn client(insecure: bool) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
-        .pool_max_idle_per_host(2)
+        // No idle connections kept: with many endpoints (1000 monitor-only units) a pooled
+        // keep-alive connection each costs tens of MiB; a loopback or LAN connect per probe is cheap.
+        .pool_max_idle_per_host(0)
         .danger_accept_invalid_certs(insecure)
         .user_agent(concat!(
             "orchd/",
