@@ -93,6 +93,9 @@ impl Supervisor {
     /// End the deploy: event, final message, the candidate's normal restart policy.
     pub(super) fn finish(&mut self, outcome: Outcome, reason: Option<String>) {
         let Some(d) = self.deploy.take() else { return };
+        if let Some(p) = &self.proxy {
+            p.stats().set_guarded(false);
+        }
         if outcome == Outcome::Succeeded {
             self.slots[d.candidate]
                 .machine

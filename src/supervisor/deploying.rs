@@ -210,6 +210,9 @@ impl Supervisor {
             who: req.who,
         });
         self.deploy = Some(run);
+        if let Some(p) = &self.proxy {
+            p.stats().set_guarded(true);
+        }
         self.settle().await;
         Ok(id)
     }
