@@ -86,8 +86,12 @@ impl History {
     ) -> Result<(), StateError> {
         let list = self.entries.entry(service.to_owned()).or_default();
         list.push(entry);
-        let excess = list.len().saturating_sub(keep.max(1));
-        list.drain(..excess);
+        // Oldest first, but never the last succeeded deploy: a run of failed deploys must not
+        // push out what `orchctl rollback` goes back to.
+        while list.len() > keep.max(1) {
+            let last_good = list.iter().rposition(|e| e.result == "succeeded");
+            list.remove(if last_good == Some(0) { 1 } else { 0 });
+        }
         let bytes = serde_json::to_vec_pretty(list)?;
         write_atomic(&self.dir.join(format!("{service}.json")), &bytes)
     }
@@ -147,6 +151,19 @@ mod tests {
         assert_eq!(h.of("api")[0].release, "v3");
         let again = History::load(dir.path());
         assert_eq!(again.of("api"), h.of("api"));
+    }
+
+    #[test]
+    fn failed_deploys_never_push_out_the_last_good_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = History::load(dir.path());
+        h.append("api", entry("v2", "v1", "succeeded"), 3).unwrap();
+        for _ in 0..5 {
+            h.append("api", entry("v3", "v2", "failed"), 3).unwrap();
+        }
+        let results: Vec<&str> = h.of("api").iter().map(|e| e.result.as_str()).collect();
+        assert_eq!(results, ["succeeded", "failed", "failed"]);
+        assert_eq!(h.previous_release("api", "v2").as_deref(), Some("v1"));
     }
 
     #[test]
