@@ -41,17 +41,17 @@ impl Manager {
     /// Persist what a finished deploy changed.
     pub(super) fn on_event(&mut self, event: &Event) {
         let service = event.service.as_str();
-        let (entry, new_release) = match &event.kind {
-            EventKind::DeploySucceeded {
-                deploy_id,
-                release,
-                previous,
-                duration_ms,
-                who,
-                rollback,
-            } => (
-                entry(
-                    event,
+        // (deploy id, release, previous, result, duration, who, reason, asked as a rollback)
+        let (deploy_id, release, previous, result, duration_ms, who, reason, rollback) =
+            match &event.kind {
+                EventKind::DeploySucceeded {
+                    deploy_id,
+                    release,
+                    previous,
+                    duration_ms,
+                    who,
+                    rollback,
+                } => (
                     deploy_id,
                     release,
                     previous,
@@ -61,18 +61,14 @@ impl Manager {
                     None,
                     *rollback,
                 ),
-                Some(release.clone()),
-            ),
-            EventKind::DeployFailed {
-                deploy_id,
-                release,
-                previous,
-                reason,
-                duration_ms,
-                who,
-            } => (
-                entry(
-                    event,
+                EventKind::DeployFailed {
+                    deploy_id,
+                    release,
+                    previous,
+                    reason,
+                    duration_ms,
+                    who,
+                } => (
                     deploy_id,
                     release,
                     previous,
@@ -82,18 +78,14 @@ impl Manager {
                     Some(reason),
                     false,
                 ),
-                None,
-            ),
-            EventKind::RolledBack {
-                deploy_id,
-                release,
-                to,
-                reason,
-                duration_ms,
-                who,
-            } => (
-                entry(
-                    event,
+                EventKind::RolledBack {
+                    deploy_id,
+                    release,
+                    to,
+                    reason,
+                    duration_ms,
+                    who,
+                } => (
                     deploy_id,
                     release,
                     to,
@@ -103,18 +95,33 @@ impl Manager {
                     Some(reason),
                     false,
                 ),
-                None,
-            ),
-            _ => return,
-        };
-        if let Some(release) = new_release {
+                _ => return,
+            };
+        if result == "succeeded" {
             self.persisted
                 .services
                 .entry(service.to_owned())
                 .or_default()
-                .release = Some(release);
+                .release = Some(release.clone());
             self.save();
         }
+        let finished = humantime::parse_rfc3339_weak(&event.time)
+            .unwrap_or_else(|_| std::time::SystemTime::now());
+        let started = finished
+            .checked_sub(std::time::Duration::from_millis(duration_ms))
+            .unwrap_or(finished);
+        let entry = HistoryEntry {
+            deploy_id: deploy_id.clone(),
+            release: release.clone(),
+            previous: previous.clone(),
+            result: result.to_owned(),
+            started: humantime::format_rfc3339_seconds(started).to_string(),
+            finished: event.time.clone(),
+            duration_ms,
+            who: who.clone(),
+            reason: reason.cloned(),
+            rollback,
+        };
         let keep = match self.config.units.get(service) {
             Some(UnitEntry::Ok(u)) => u
                 .deploy
@@ -125,36 +132,5 @@ impl Manager {
         if let Err(e) = self.history.append(service, entry, keep) {
             tracing::error!(service, error = %e, "cannot write deploy history");
         }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn entry(
-    event: &Event,
-    deploy_id: &str,
-    release: &str,
-    previous: &str,
-    result: &str,
-    duration_ms: u64,
-    who: &str,
-    reason: Option<&String>,
-    rollback: bool,
-) -> HistoryEntry {
-    let finished =
-        humantime::parse_rfc3339_weak(&event.time).unwrap_or_else(|_| std::time::SystemTime::now());
-    let started = finished
-        .checked_sub(std::time::Duration::from_millis(duration_ms))
-        .unwrap_or(finished);
-    HistoryEntry {
-        deploy_id: deploy_id.to_owned(),
-        release: release.to_owned(),
-        previous: previous.to_owned(),
-        result: result.to_owned(),
-        started: humantime::format_rfc3339_seconds(started).to_string(),
-        finished: event.time.clone(),
-        duration_ms,
-        who: who.to_owned(),
-        reason: reason.cloned(),
-        rollback,
     }
 }
