@@ -1,8 +1,16 @@
-//! Running probes on a schedule: http (reqwest, rustls), tcp connect, exec (through the one
-//! spawner and reaper). Every probe is bounded by the unit's `timeout`.
+//! Running probes on a schedule: http (plain `http://` straight on hyper's HTTP/1 connection,
+//! `https://` through reqwest and rustls), tcp connect, exec (through the one spawner and
+//! reaper). Every probe is bounded by the unit's `timeout`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{HOST, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
 
 use nix::sys::signal::Signal;
 use rand::RngExt;
@@ -22,6 +30,8 @@ pub enum ProbeTarget {
         expect_body: Option<String>,
         headers: BTreeMap<String, String>,
         insecure: bool,
+        /// The same request parsed once, for a plain `http://` URL (see [`PlainHttp`]).
+        plain: Option<Arc<PlainHttp>>,
     },
     Tcp {
         addr: String,
@@ -30,6 +40,86 @@ pub enum ProbeTarget {
     Exec {
         spec: SpawnSpec,
     },
+}
+
+impl ProbeTarget {
+    /// An http target; a plain `http://` URL is parsed here once, not at every probe.
+    pub fn http(
+        url: String,
+        expect_status: Option<Vec<u16>>,
+        expect_body: Option<String>,
+        headers: BTreeMap<String, String>,
+        insecure: bool,
+    ) -> ProbeTarget {
+        let plain = PlainHttp::parse(&url, &headers).map(Arc::new);
+        ProbeTarget::Http {
+            url,
+            expect_status,
+            expect_body,
+            headers,
+            insecure,
+            plain,
+        }
+    }
+}
+
+const USER_AGENT_VALUE: &str = concat!("orchd/", env!("CARGO_PKG_VERSION"), " health-check");
+
+/// The most of a response body read for `expect_body`.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// A plain `http://` probe, parsed once: a fresh connection per probe (as curl from cron, Consul
+/// and the kubelet do, so a server that stops accepting connections is seen as down), one
+/// HTTP/1.1 GET on hyper's connection directly. No connection pool, no per-probe URL parsing,
+/// no socket options and no `shutdown(2)`: with 1000 endpoints probed every second this is most
+/// of orchd's CPU (docs/BENCHMARKS.md, issue 4). TLS, user info in the URL and anything this
+/// parse does not take go through reqwest instead.
+#[derive(Debug)]
+pub struct PlainHttp {
+    /// Host name or address, IPv6 without brackets.
+    host: String,
+    port: u16,
+    path: Uri,
+    /// `Host`, `User-Agent` and the unit's `headers`.
+    headers: HeaderMap,
+}
+
+impl PlainHttp {
+    fn parse(url: &str, headers: &BTreeMap<String, String>) -> Option<PlainHttp> {
+        let uri: Uri = url.parse().ok()?;
+        if uri.scheme_str() != Some("http") {
+            return None;
+        }
+        let authority = uri.authority()?;
+        if authority.as_str().contains('@') {
+            return None; // user info: reqwest turns it into basic auth
+        }
+        let host = authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let path = uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .ok()?;
+        let mut map = HeaderMap::new();
+        map.insert(HOST, HeaderValue::from_str(authority.as_str()).ok()?);
+        map.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        for (k, v) in headers {
+            map.insert(
+                HeaderName::from_bytes(k.as_bytes()).ok()?,
+                HeaderValue::from_str(v).ok()?,
+            );
+        }
+        Some(PlainHttp {
+            host: host.to_string(),
+            port: authority.port_u16().unwrap_or(80),
+            path,
+            headers: map,
+        })
+    }
 }
 
 /// HTTP clients shared by every prober (connection pools are per client).
@@ -48,11 +138,7 @@ fn client(insecure: bool) -> Result<reqwest::Client, reqwest::Error> {
         // keep-alive connection each costs tens of MiB; a loopback or LAN connect per probe is cheap.
         .pool_max_idle_per_host(0)
         .danger_accept_invalid_certs(insecure)
-        .user_agent(concat!(
-            "orchd/",
-            env!("CARGO_PKG_VERSION"),
-            " health-check"
-        ))
+        .user_agent(USER_AGENT_VALUE)
         .build()
 }
 
@@ -177,7 +263,17 @@ async fn net_probe(target: &ProbeTarget, clients: &ProbeClients) -> Outcome {
             expect_body,
             headers,
             insecure,
+            plain,
         } => {
+            if let Some(plain) = plain {
+                return plain_http_probe(
+                    plain,
+                    url,
+                    expect_status.as_deref(),
+                    expect_body.as_deref(),
+                )
+                .await;
+            }
             let client = if *insecure {
                 &clients.insecure
             } else {
@@ -199,6 +295,108 @@ async fn net_probe(target: &ProbeTarget, clients: &ProbeClients) -> Outcome {
     }
 }
 
+/// What a response needs to pass: `expect_status` (or 2xx/3xx) and `expect_body` as a substring.
+fn judge(
+    code: u16,
+    body: Option<Result<String, String>>,
+    expect_status: Option<&[u16]>,
+    expect_body: Option<&str>,
+) -> Outcome {
+    let status_ok = match expect_status {
+        Some(list) => list.contains(&code),
+        None => (200..400).contains(&code),
+    };
+    if !status_ok {
+        let want = match expect_status {
+            Some(list) => list
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(" or "),
+            None => "2xx or 3xx".into(),
+        };
+        return Outcome::fail(Some(code), format!("HTTP {code}, expected {want}"));
+    }
+    match (expect_body, body) {
+        (Some(needle), Some(Ok(body))) if body.contains(needle) => Outcome {
+            ok: true,
+            status: Some(code),
+            detail: format!("HTTP {code}, body matches"),
+        },
+        (Some(needle), Some(Ok(_))) => Outcome::fail(
+            Some(code),
+            format!("HTTP {code}, body does not contain {needle:?}"),
+        ),
+        (Some(_), Some(Err(e))) => {
+            Outcome::fail(Some(code), format!("HTTP {code}, reading body: {e}"))
+        }
+        _ => Outcome {
+            ok: true,
+            status: Some(code),
+            detail: format!("HTTP {code}"),
+        },
+    }
+}
+
+async fn plain_http_probe(
+    t: &PlainHttp,
+    url: &str,
+    expect_status: Option<&[u16]>,
+    expect_body: Option<&str>,
+) -> Outcome {
+    let stream = match tokio::net::TcpStream::connect((t.host.as_str(), t.port)).await {
+        Ok(s) => s,
+        Err(e) => {
+            return Outcome::fail(
+                None,
+                format!("GET {url}: connect to {}:{}: {e}", t.host, t.port),
+            );
+        }
+    };
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
+        TokioIo::new(stream),
+    )
+    .await
+    {
+        Ok(pair) => pair,
+        Err(e) => return Outcome::fail(None, format!("GET {url}: {}", error_chain(&e))),
+    };
+    let mut req = Request::new(Empty::new());
+    *req.uri_mut() = t.path.clone();
+    *req.headers_mut() = t.headers.clone();
+    let read_body = expect_body.is_some();
+    let exchange = async move {
+        let resp = sender.send_request(req).await?;
+        let code = resp.status();
+        let body = if read_body {
+            Some(
+                match Limited::new(resp.into_body(), MAX_BODY).collect().await {
+                    Ok(b) => Ok(String::from_utf8_lossy(&b.to_bytes()).into_owned()),
+                    Err(e) => Err(error_chain(&*e)),
+                },
+            )
+        } else {
+            None
+        };
+        Ok::<(StatusCode, _), hyper::Error>((code, body))
+    };
+    // The connection runs beside the exchange; once the response is in, both are dropped and
+    // the socket closed (no shutdown(2) first: close sends the same FIN).
+    let mut conn = std::pin::pin!(conn.without_shutdown());
+    let mut exchange = std::pin::pin!(exchange);
+    let result = tokio::select! {
+        r = &mut exchange => r,
+        c = &mut conn => match c {
+            Err(e) => Err(e),
+            Ok(_) => exchange.await,
+        },
+    };
+    match result {
+        Ok((code, body)) => judge(code.as_u16(), body, expect_status, expect_body),
+        Err(e) => Outcome::fail(None, format!("GET {url}: {}", error_chain(&e))),
+    }
+}
+
 async fn http_probe(
     client: &reqwest::Client,
     url: &str,
@@ -215,43 +413,11 @@ async fn http_probe(
         Err(e) => return Outcome::fail(None, format!("GET {url}: {}", error_chain(&e))),
     };
     let code = resp.status().as_u16();
-    let status_ok = match expect_status {
-        Some(list) => list.contains(&code),
-        None => (200..400).contains(&code),
+    let body = match expect_body {
+        Some(_) => Some(resp.text().await.map_err(|e| error_chain(&e))),
+        None => None,
     };
-    if !status_ok {
-        let want = match expect_status {
-            Some(list) => list
-                .iter()
-                .map(u16::to_string)
-                .collect::<Vec<_>>()
-                .join(" or "),
-            None => "2xx or 3xx".into(),
-        };
-        return Outcome::fail(Some(code), format!("HTTP {code}, expected {want}"));
-    }
-    if let Some(needle) = expect_body {
-        return match resp.text().await {
-            Ok(body) if body.contains(needle) => Outcome {
-                ok: true,
-                status: Some(code),
-                detail: format!("HTTP {code}, body matches"),
-            },
-            Ok(_) => Outcome::fail(
-                Some(code),
-                format!("HTTP {code}, body does not contain {needle:?}"),
-            ),
-            Err(e) => Outcome::fail(
-                Some(code),
-                format!("HTTP {code}, reading body: {}", error_chain(&e)),
-            ),
-        };
-    }
-    Outcome {
-        ok: true,
-        status: Some(code),
-        detail: format!("HTTP {code}"),
-    }
+    judge(code, body, expect_status, expect_body)
 }
 
 /// reqwest's top-level message hides the cause ("error sending request"); add the sources.
@@ -304,5 +470,64 @@ async fn exec_probe(spec: &SpawnSpec, timeout: Duration, spawner: &Spawner) -> O
                 ),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(url: &str) -> Option<PlainHttp> {
+        PlainHttp::parse(url, &BTreeMap::new())
+    }
+
+    #[test]
+    fn plain_http_urls_are_parsed_once() {
+        let p = parse("http://127.0.0.1:8080/health?deep=1").expect("plain");
+        assert_eq!((p.host.as_str(), p.port), ("127.0.0.1", 8080));
+        assert_eq!(p.path, "/health?deep=1");
+        assert_eq!(p.headers[HOST], "127.0.0.1:8080");
+        assert_eq!(p.headers[USER_AGENT], USER_AGENT_VALUE);
+
+        let p = parse("http://[::1]:9000").expect("plain");
+        assert_eq!((p.host.as_str(), p.port), ("::1", 9000));
+        assert_eq!(p.path, "/");
+
+        let p = parse("http://db.internal/").expect("plain");
+        assert_eq!((p.host.as_str(), p.port), ("db.internal", 80));
+        assert_eq!(p.headers[HOST], "db.internal");
+    }
+
+    #[test]
+    fn unit_headers_go_into_the_request_and_may_replace_host() {
+        let headers = BTreeMap::from([
+            ("Host".to_string(), "api.example.com".to_string()),
+            ("X-Probe".to_string(), "orch".to_string()),
+        ]);
+        let p = PlainHttp::parse("http://127.0.0.1:80/", &headers).expect("plain");
+        assert_eq!(p.headers[HOST], "api.example.com");
+        assert_eq!(p.headers["x-probe"], "orch");
+    }
+
+    #[test]
+    fn tls_user_info_and_odd_headers_are_left_to_reqwest() {
+        assert!(parse("https://127.0.0.1:8443/").is_none());
+        assert!(parse("http://user:pw@127.0.0.1/").is_none());
+        assert!(parse("not a url").is_none());
+        let bad = BTreeMap::from([("X-Bad".to_string(), "a\nb".to_string())]);
+        assert!(PlainHttp::parse("http://127.0.0.1/", &bad).is_none());
+    }
+
+    #[test]
+    fn responses_are_judged_by_status_and_body() {
+        assert!(judge(204, None, None, None).ok);
+        assert!(judge(302, None, None, None).ok);
+        let o = judge(500, None, None, None);
+        assert_eq!(o.detail, "HTTP 500, expected 2xx or 3xx");
+        assert!(!judge(200, None, Some(&[204, 205]), None).ok);
+        let o = judge(200, Some(Ok("ready: v2".into())), None, Some("v2"));
+        assert_eq!((o.ok, o.detail.as_str()), (true, "HTTP 200, body matches"));
+        let o = judge(200, Some(Ok("ready: v1".into())), None, Some("v2"));
+        assert_eq!(o.detail, "HTTP 200, body does not contain \"v2\"");
     }
 }

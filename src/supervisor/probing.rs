@@ -85,13 +85,13 @@ impl Supervisor {
                 expect_body,
                 headers,
                 insecure,
-            } => ProbeTarget::Http {
-                url: sub(url),
-                expect_status: expect_status.clone(),
-                expect_body: expect_body.clone(),
-                headers: headers.iter().map(|(k, v)| (k.clone(), sub(v))).collect(),
-                insecure: *insecure,
-            },
+            } => ProbeTarget::http(
+                sub(url),
+                expect_status.clone(),
+                expect_body.clone(),
+                headers.iter().map(|(k, v)| (k.clone(), sub(v))).collect(),
+                *insecure,
+            ),
             HealthCheck::Tcp { addr } => ProbeTarget::Tcp { addr: sub(addr) },
             HealthCheck::Exec { argv } => {
                 let marker = match &self.slots[slot].instance {

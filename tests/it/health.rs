@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::stub::{HttpStub, Mode};
+use crate::receiver::{Receiver, free_port};
+use crate::stub::{HttpStub, Mode, TlsStub};
 use crate::util::*;
 
 const T: Duration = Duration::from_secs(10);
@@ -315,4 +316,74 @@ fn monitor_only_unit_turns_unhealthy_and_back() {
         .filter_map(|e| e["kind"].as_str())
         .collect();
     assert_eq!(kinds, ["healthy", "unhealthy", "healthy"]);
+}
+
+#[test]
+fn http_probe_sends_the_path_host_and_unit_headers() {
+    let rx = Receiver::start(&[]);
+    let s = Setup::new();
+    s.unit(
+        "edge",
+        &format!(
+            "[health]\nhttp = \"{}\"\ninterval = \"100ms\"\nheaders = {{ \"X-Probe-Token\" = \"t-1\" }}\n",
+            rx.url("/ready?deep=1")
+        ),
+    );
+    let o = s.start();
+    wait_health(&o, "edge", "healthy");
+    let hit = rx.hits().into_iter().next().expect("a probe request");
+    assert_eq!(hit.path, "/ready?deep=1");
+    assert_eq!(hit.headers["host"], format!("127.0.0.1:{}", rx.port));
+    assert_eq!(hit.headers["x-probe-token"], "t-1");
+    assert!(hit.headers["user-agent"].starts_with("orchd/"), "{hit:?}");
+}
+
+#[test]
+fn http_probe_of_a_closed_port_says_connection_refused() {
+    let port = free_port();
+    let s = Setup::new();
+    s.unit(
+        "gone",
+        &format!(
+            "[health]\nhttp = \"http://127.0.0.1:{port}/health\"\ninterval = \"100ms\"\nretries = 1\n"
+        ),
+    );
+    let o = s.start();
+    wait_health(&o, "gone", "unhealthy");
+    let detail = o.status("gone")["last_failure"]["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        detail.starts_with(&format!(
+            "GET http://127.0.0.1:{port}/health: connect to 127.0.0.1:{port}: Connection refused"
+        )),
+        "{detail}"
+    );
+}
+
+#[test]
+fn https_probe_of_a_self_signed_endpoint_needs_insecure() {
+    let tls = TlsStub::start();
+    let s = Setup::new();
+    let unit = |extra: &str| {
+        format!(
+            "[health]\nhttp = \"{}\"\ninterval = \"100ms\"\nretries = 1\n{extra}",
+            tls.url()
+        )
+    };
+    s.unit("lax", &unit("insecure = true\n"));
+    s.unit("strict", &unit(""));
+    let o = s.start();
+    wait_health(&o, "lax", "healthy");
+    wait_health(&o, "strict", "unhealthy");
+    let detail = o.status("strict")["last_failure"]["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        detail.starts_with(&format!("GET {}: ", tls.url())) && detail.contains("certificate"),
+        "{detail}"
+    );
+    assert_eq!(o.status("lax")["last_probe"]["detail"], "HTTP 200");
 }

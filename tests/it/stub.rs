@@ -103,3 +103,78 @@ fn serve(conn: TcpStream, mode: &AtomicU8, hits: &AtomicUsize) {
         }
     }
 }
+
+/// An HTTPS server on 127.0.0.1 with a self-signed certificate (rcgen, rustls): answers every
+/// request `200 ok` and closes the connection.
+pub struct TlsStub {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl TlsStub {
+    pub fn start() -> TlsStub {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
+            .expect("self-signed certificate");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![key.cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.signing_key.serialize_der())),
+            )
+            .expect("TLS server config");
+        let config = Arc::new(config);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind TLS stub");
+        let stub = TlsStub {
+            port: listener.local_addr().unwrap().port(),
+            stop: Arc::default(),
+        };
+        let stop = stub.stop.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let config = config.clone();
+                std::thread::spawn(move || {
+                    let Ok(tls) = rustls::ServerConnection::new(config) else {
+                        return;
+                    };
+                    let mut s = rustls::StreamOwned::new(tls, conn);
+                    let mut reader = BufReader::new(&mut s);
+                    let mut line = String::new();
+                    // The request head; a client that rejects the certificate ends here.
+                    loop {
+                        line.clear();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line.trim().is_empty() => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    let _ = s.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    );
+                    s.conn.send_close_notify();
+                    let _ = s.flush();
+                });
+            }
+        });
+        stub
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/health", self.port)
+    }
+}
+
+impl Drop for TlsStub {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
