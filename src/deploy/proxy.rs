@@ -14,10 +14,15 @@
 //! The supervisor owns the [`Proxy`] handle and switches it; the accept loop and connection
 //! tasks read the active backend from a `watch` and count their slot's open connections and
 //! in-flight requests in [`SlotStats`], which draining reads.
+//!
+//! Connections are served on the proxy's own threads ([`workers`]), one single-threaded tokio
+//! runtime per CPU like nginx's worker processes: the accept loop hands each accepted
+//! connection to the next worker, which serves it start to finish with its own upstream
+//! connection pool, so a request never crosses threads.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,6 +33,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -124,7 +130,6 @@ impl Proxy {
         let ctx = Arc::new(Ctx {
             backend: rx,
             stats: stats.clone(),
-            client: http_client(),
             service: service.into(),
         });
         tokio::spawn(accept_loop(listener, mode, ctx, cancel.clone()));
@@ -153,8 +158,65 @@ impl Proxy {
 struct Ctx {
     backend: watch::Receiver<Option<Backend>>,
     stats: Arc<SlotStats>,
-    client: Client<HttpConnector, Body>,
     service: String,
+}
+
+/// The most proxy worker threads, whatever the number of CPUs.
+const MAX_WORKERS: usize = 4;
+
+/// The proxy's worker threads (one per CPU, at most [`MAX_WORKERS`]), started with the first
+/// proxy. Each runs a single-threaded tokio runtime forever; connections are spawned onto them
+/// through their handles. Should a thread or runtime fail to start, the workers that did start
+/// are used, and with none the caller's runtime serves the connections.
+fn workers() -> &'static [Handle] {
+    static WORKERS: OnceLock<Vec<Handle>> = OnceLock::new();
+    WORKERS.get_or_init(|| {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS));
+        (0..n)
+            .filter_map(|i| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("orch-proxy-{i}"))
+                    .spawn(move || {
+                        match tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                        {
+                            Ok(rt) => {
+                                let _ = tx.send(Ok(rt.handle().clone()));
+                                rt.block_on(std::future::pending::<()>());
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(e));
+                            }
+                        }
+                    });
+                let started = spawned
+                    .map_err(|e| e.to_string())
+                    .and_then(|_| match rx.recv() {
+                        Ok(Ok(handle)) => Ok(handle),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    });
+                match started {
+                    Ok(handle) => Some(handle),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a proxy worker thread; the others serve");
+                        None
+                    }
+                }
+            })
+            .collect()
+    })
+}
+
+thread_local! {
+    /// Each worker's own upstream connection pool (its connections' tasks run on that worker).
+    static CLIENT: Client<HttpConnector, Body> = http_client();
+}
+
+fn client() -> Client<HttpConnector, Body> {
+    CLIENT.with(Client::clone)
 }
 
 fn http_client() -> Client<HttpConnector, Body> {
@@ -173,6 +235,7 @@ async fn accept_loop(
     ctx: Arc<Ctx>,
     cancel: CancellationToken,
 ) {
+    let mut next = 0;
     loop {
         let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -188,12 +251,32 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         let cancel = cancel.clone();
-        tokio::spawn(async move {
+        let serve = move |stream: TcpStream| async move {
             match mode {
                 ProxyMode::Tcp => tcp_connection(stream, &ctx, cancel).await,
                 ProxyMode::Http => http_connection(stream, peer, ctx, cancel).await,
             }
-        });
+        };
+        let pool = workers();
+        if pool.is_empty() {
+            tokio::spawn(serve(stream));
+            continue;
+        }
+        next = (next + 1) % pool.len();
+        // Moved to the worker as a std socket: it registers with that worker's reactor there.
+        match stream.into_std() {
+            Ok(std) => {
+                pool[next].spawn(async move {
+                    match TcpStream::from_std(std) {
+                        Ok(stream) => serve(stream).await,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "proxy worker cannot take a connection")
+                        }
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "proxy cannot hand a connection to a worker"),
+        }
     }
 }
 
@@ -224,9 +307,12 @@ async fn http_connection(
     ctx: Arc<Ctx>,
     cancel: CancellationToken,
 ) {
+    // The client's address as an X-Forwarded-For value, made once per connection.
+    let peer = Arc::new((peer, HeaderValue::from_str(&peer.ip().to_string()).ok()));
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
-        async move { Ok::<_, std::convert::Infallible>(forward(req, peer, &ctx).await) }
+        let peer = peer.clone();
+        async move { Ok::<_, std::convert::Infallible>(forward(req, &peer, &ctx).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -281,7 +367,11 @@ fn plain(status: StatusCode, text: &str) -> Response<Body> {
     r
 }
 
-async fn forward(mut req: Request<Incoming>, peer: SocketAddr, ctx: &Ctx) -> Response<Body> {
+async fn forward(
+    mut req: Request<Incoming>,
+    (peer, peer_value): &(SocketAddr, Option<HeaderValue>),
+    ctx: &Ctx,
+) -> Response<Body> {
     let Some(backend) = *ctx.backend.borrow() else {
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -320,10 +410,10 @@ async fn forward(mut req: Request<Incoming>, peer: SocketAddr, ctx: &Ctx) -> Res
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
     {
-        Some(prev) => format!("{prev}, {}", peer.ip()),
-        None => peer.ip().to_string(),
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", peer.ip())).ok(),
+        None => peer_value.clone(),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         parts.headers.insert("x-forwarded-for", v);
     }
     parts
@@ -341,8 +431,7 @@ async fn forward(mut req: Request<Incoming>, peer: SocketAddr, ctx: &Ctx) -> Res
             | http::Method::DELETE
     );
     let retry_parts = (bodyless && idempotent && !upgrade).then(|| clone_parts(&parts));
-    let first = ctx
-        .client
+    let first = client()
         .request(Request::from_parts(parts, body.boxed()))
         .await
         .map_err(|e| e.to_string());
@@ -426,8 +515,7 @@ async fn with_retries(
         let empty = Empty::<Bytes>::new()
             .map_err(|never| match never {})
             .boxed();
-        result = ctx
-            .client
+        result = client()
             .request(Request::from_parts(parts, empty))
             .await
             .map_err(|e| e.to_string());
@@ -472,8 +560,28 @@ fn guarded(resp: Response<Body>, guard: OpenGuard) -> Response<Body> {
 
 /// The request's path and query on `backend`.
 fn upstream_uri(uri: &http::Uri, backend: Backend) -> Option<http::Uri> {
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    format!("http://{}{path}", backend.addr).parse().ok()
+    thread_local! {
+        /// The last backend's authority: made once per switch, not per request.
+        static AUTHORITY: std::cell::RefCell<Option<(SocketAddr, http::uri::Authority)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let authority = AUTHORITY.with_borrow_mut(|cached| match cached {
+        Some((addr, a)) if *addr == backend.addr => Some(a.clone()),
+        _ => {
+            let a = http::uri::Authority::try_from(backend.addr.to_string()).ok()?;
+            *cached = Some((backend.addr, a.clone()));
+            Some(a)
+        }
+    })?;
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    http::Uri::from_parts(parts).ok()
 }
 
 fn clone_parts(p: &http::request::Parts) -> http::request::Parts {

@@ -16,5 +16,6 @@ mod docs;
 mod health;
 mod load;
 mod packaging;
+mod proxy;
 mod receiver;
 mod stub;

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Test HTTP backend for deploy tests.
 
-Listens on 127.0.0.1:$PORT, answers every request with "$ORCH_RELEASE\n" (HTTP/1.1 keep-alive).
+Listens on 127.0.0.1:$PORT, answers every request with "$ORCH_RELEASE\n"
+(HTTP/1.1 keep-alive), except:
+  GET /headers                       -> the request's headers as a JSON object (lower-case names)
+  Connection: upgrade, Upgrade: echo -> 101 Switching Protocols, then echoes raw bytes until EOF
 Controlled by files in the directory given as argv[1]:
   fail-health-<release>  -> GET /health answers 500
   crash-<release>        -> the process exits 1 (checked every 20 ms)
 On SIGTERM it closes every open connection abruptly (as many real servers do) and exits 0.
 """
+import json
 import os
 import signal
 import socket
@@ -35,6 +39,27 @@ class Handler(BaseHTTPRequestHandler):
         super().finish()
 
     def do_GET(self):
+        if self.headers.get("Upgrade", "").lower() == "echo":
+            self.send_response(101)
+            self.send_header("Connection", "Upgrade")
+            self.send_header("Upgrade", "echo")
+            self.end_headers()
+            self.wfile.flush()
+            while True:
+                chunk = self.connection.recv(65536)
+                if not chunk:
+                    break
+                self.connection.sendall(chunk)
+            self.close_connection = True
+            return
+        if self.path == "/headers":
+            body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+            return
         if self.path == "/health" and os.path.exists(os.path.join(CONTROL, "fail-health-" + RELEASE)):
             body, code = b"unhealthy\n", 500
         else:

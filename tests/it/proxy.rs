@@ -1,0 +1,151 @@
+//! The http proxy's protocol handling against the real test backend: `Host` kept,
+//! `X-Forwarded-For`/`X-Forwarded-Proto` added, upgrades tunnelled, HTTP/2 clients (h2c prior
+//! knowledge) served, an IPv6 front.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::util::*;
+
+const T: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// orchd with one http-proxied service (the python test backend) on `listen`; waits until the
+/// proxy serves release v1.
+fn proxied(listen: &str) -> (Setup, Orchd) {
+    let s = Setup::new();
+    s.unit(
+        "api",
+        &format!(
+            "exec = [\"python3\", \"{}/tests/support/backend.py\", \"{}\"]\nrelease = \"v1\"\n[health]\nhttp = \"http://127.0.0.1:{{port}}/health\"\ninterval = \"50ms\"\nstart_period = \"10s\"\n[deploy]\nlisten = \"{listen}\"\nports = [{}, {}]\n",
+            env!("CARGO_MANIFEST_DIR"),
+            s.path().display(),
+            free_port(),
+            free_port(),
+        ),
+    );
+    let o = s.start();
+    o.wait_for("api healthy", T, || o.status("api")["health"] == "healthy");
+    (s, o)
+}
+
+/// One HTTP/1.1 request on a new connection (`Connection: close`): status line and body.
+fn request(addr: &str, head: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the proxy");
+    s.set_read_timeout(Some(T)).unwrap();
+    write!(s, "{head}Connection: close\r\n\r\n").unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    let (headers, body) = all.split_once("\r\n\r\n").unwrap_or((&all, ""));
+    (
+        headers.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
+#[test]
+fn host_is_kept_and_forwarded_headers_are_added() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (_s, _o) = proxied(&listen);
+    let (status, body) = request(&listen, "GET /headers HTTP/1.1\r\nHost: shop.example\r\n");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let h: Value = serde_json::from_str(&body).expect("JSON headers");
+    assert_eq!(h["host"], "shop.example");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    // A client behind another proxy: its chain is kept and extended.
+    let (_, body) = request(
+        &listen,
+        "GET /headers HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 10.0.0.7\r\n",
+    );
+    let h: Value = serde_json::from_str(&body).expect("JSON headers");
+    assert_eq!(h["x-forwarded-for"], "10.0.0.7, 127.0.0.1");
+}
+
+#[test]
+fn upgrades_are_tunnelled_both_ways() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (_s, _o) = proxied(&listen);
+    let mut s = TcpStream::connect(&listen).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 101"), "{line}");
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+    }
+    for msg in ["ping\n", "a longer message through the tunnel\n"] {
+        s.write_all(msg.as_bytes()).unwrap();
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        assert_eq!(line, msg);
+    }
+}
+
+#[test]
+fn http2_clients_are_served() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (_s, _o) = proxied(&listen);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (version, body) = rt.block_on(async {
+        use http_body_util::{BodyExt, Empty};
+        let io =
+            hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(&listen).await.unwrap());
+        let (mut send, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<bytes::Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            io,
+        )
+        .await
+        .expect("h2 handshake with the proxy");
+        tokio::spawn(conn);
+        let req = http::Request::get(format!("http://{listen}/"))
+            .body(Empty::new())
+            .unwrap();
+        let resp = send.send_request(req).await.expect("h2 request");
+        let version = resp.version();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (version, String::from_utf8_lossy(&body).into_owned())
+    });
+    assert_eq!(version, http::Version::HTTP_2);
+    assert_eq!(body, "v1\n");
+}
+
+#[test]
+fn an_ipv6_front_serves() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("note: no IPv6 loopback on this machine; skipping");
+        return;
+    }
+    let port = std::net::TcpListener::bind("[::1]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("[::1]:{port}");
+    let (_s, _o) = proxied(&listen);
+    let (status, body) = request(&listen, "GET / HTTP/1.1\r\nHost: t\r\n");
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "v1\n")
+    );
+}
