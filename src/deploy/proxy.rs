@@ -29,6 +29,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -307,12 +308,15 @@ async fn http_connection(
     ctx: Arc<Ctx>,
     cancel: CancellationToken,
 ) {
-    // The client's address as an X-Forwarded-For value, made once per connection.
-    let peer = Arc::new((peer, HeaderValue::from_str(&peer.ip().to_string()).ok()));
+    let conn = Arc::new(ClientConn {
+        peer,
+        peer_value: HeaderValue::from_str(&peer.ip().to_string()).ok(),
+        upstream: std::sync::Mutex::new(None),
+    });
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
-        let peer = peer.clone();
-        async move { Ok::<_, std::convert::Infallible>(forward(req, &peer, &ctx).await) }
+        let conn = conn.clone();
+        async move { Ok::<_, std::convert::Infallible>(forward(req, &conn, &ctx).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -320,6 +324,82 @@ async fn http_connection(
         _ = conn => {}
         _ = cancel.cancelled() => {}
     }
+}
+
+/// What a client connection keeps between its requests.
+struct ClientConn {
+    peer: SocketAddr,
+    /// The client's address as an `X-Forwarded-For` value, made once.
+    peer_value: Option<HeaderValue>,
+    /// Its own upstream connection (HTTP/1 clients): their requests come one at a time, so one
+    /// upstream connection serves them all, with no pool to check out from and return to.
+    upstream: std::sync::Mutex<Option<(Backend, http1::SendRequest<Body>)>>,
+}
+
+impl ClientConn {
+    /// The upstream connection kept for `backend`, if any (one kept for another backend, from
+    /// before a switch, is dropped: that closes it).
+    fn take_upstream(&self, backend: Backend) -> Option<http1::SendRequest<Body>> {
+        // Held for the swap only; poisoning cannot leave it inconsistent.
+        let mut kept = self.upstream.lock().unwrap_or_else(|p| p.into_inner());
+        match kept.take() {
+            Some((b, sender)) if b == backend => Some(sender),
+            _ => None,
+        }
+    }
+
+    fn keep_upstream(&self, backend: Backend, sender: http1::SendRequest<Body>) {
+        *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = Some((backend, sender));
+    }
+}
+
+/// How long connecting to a backend may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A new upstream HTTP/1 connection to `backend`; its task runs on this worker.
+async fn connect(backend: Backend) -> Result<http1::SendRequest<Body>, String> {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("connect to {}: {e}", backend.addr)),
+        Err(_) => return Err(format!("connect to {}: timed out", backend.addr)),
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake with {}: {e}", backend.addr))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// Send a request (origin-form URI) to `backend` on the client connection's own upstream
+/// connection, or on a new one if there is none, it is closed, or it closed before taking the
+/// request.
+async fn send_own(
+    conn: &ClientConn,
+    backend: Backend,
+    mut req: Request<Body>,
+) -> Result<Response<Incoming>, String> {
+    if let Some(mut sender) = conn.take_upstream(backend) {
+        if sender.ready().await.is_ok() {
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    conn.keep_upstream(backend, sender);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(e.into_error().to_string()),
+                },
+            }
+        }
+    }
+    let mut sender = connect(backend).await?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    conn.keep_upstream(backend, sender);
+    Ok(resp)
 }
 
 const HOP_BY_HOP: &[header::HeaderName] = &[
@@ -367,11 +447,7 @@ fn plain(status: StatusCode, text: &str) -> Response<Body> {
     r
 }
 
-async fn forward(
-    mut req: Request<Incoming>,
-    (peer, peer_value): &(SocketAddr, Option<HeaderValue>),
-    ctx: &Ctx,
-) -> Response<Body> {
+async fn forward(mut req: Request<Incoming>, conn: &ClientConn, ctx: &Ctx) -> Response<Body> {
     let Some(backend) = *ctx.backend.borrow() else {
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -380,16 +456,28 @@ async fn forward(
     };
     let guard = OpenGuard::new(&ctx.stats, backend.slot);
     let upgrade = is_upgrade(&req);
+    // HTTP/1 requests go on the client connection's own upstream connection (origin-form
+    // URI); HTTP/2 streams (concurrent) and upgrades go through the worker's pool.
+    let own = req.version() < http::Version::HTTP_2 && !upgrade;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let Some(uri) = upstream_uri(&parts.uri, backend) else {
+    let uri = if own {
+        origin_form(&parts.uri)
+    } else {
+        upstream_uri(&parts.uri, backend)
+    };
+    let Some(uri) = uri else {
         return plain(StatusCode::BAD_REQUEST, "bad request target\n");
     };
     if parts.headers.get(header::HOST).is_none() {
-        if let Some(auth) = parts.uri.authority() {
-            if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
-                parts.headers.insert(header::HOST, v);
-            }
+        let host = match parts.uri.authority() {
+            Some(auth) => HeaderValue::from_str(auth.as_str()).ok(),
+            // An HTTP/1.0 client without Host: the backend's address, as a pool would send.
+            None if own => HeaderValue::from_str(&backend.addr.to_string()).ok(),
+            None => None,
+        };
+        if let Some(v) = host {
+            parts.headers.insert(header::HOST, v);
         }
     }
     let upgrade_headers = upgrade.then(|| {
@@ -410,8 +498,8 @@ async fn forward(
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
     {
-        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", peer.ip())).ok(),
-        None => peer_value.clone(),
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", conn.peer.ip())).ok(),
+        None => conn.peer_value.clone(),
     };
     if let Some(v) = xff {
         parts.headers.insert("x-forwarded-for", v);
@@ -431,10 +519,12 @@ async fn forward(
             | http::Method::DELETE
     );
     let retry_parts = (bodyless && idempotent && !upgrade).then(|| clone_parts(&parts));
-    let first = client()
-        .request(Request::from_parts(parts, body.boxed()))
-        .await
-        .map_err(|e| e.to_string());
+    let req = Request::from_parts(parts, body.boxed());
+    let first = if own {
+        send_own(conn, backend, req).await
+    } else {
+        client().request(req).await.map_err(|e| e.to_string())
+    };
     let mut resp = match (first, retry_parts) {
         (Ok(r), None) => r,
         (Err(e), None) => {
@@ -469,7 +559,7 @@ async fn forward(
             );
         }
     }
-    guarded(resp.map(BodyExt::boxed), guard)
+    guarded(resp, guard)
 }
 
 /// Responses up to this size are read whole before they are passed on, so a backend that dies
@@ -545,7 +635,10 @@ async fn buffer_small(resp: Response<Incoming>) -> Result<Response<Body>, String
     ))
 }
 
-fn guarded(resp: Response<Body>, guard: OpenGuard) -> Response<Body> {
+fn guarded<B>(resp: Response<B>, guard: OpenGuard) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Send + Sync + Unpin + 'static,
+{
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(
@@ -556,6 +649,17 @@ fn guarded(resp: Response<Body>, guard: OpenGuard) -> Response<Body> {
         }
         .boxed(),
     )
+}
+
+/// The request's path and query alone, as sent on a direct HTTP/1 connection.
+fn origin_form(uri: &http::Uri) -> Option<http::Uri> {
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    http::Uri::from_parts(parts).ok()
 }
 
 /// The request's path and query on `backend`.
@@ -599,12 +703,15 @@ fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
 }
 
 /// A response body that keeps its slot's in-flight count until it is fully sent (or dropped).
-struct GuardedBody {
-    inner: Body,
+struct GuardedBody<B> {
+    inner: B,
     _guard: OpenGuard,
 }
 
-impl hyper::body::Body for GuardedBody {
+impl<B> hyper::body::Body for GuardedBody<B>
+where
+    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
     type Data = Bytes;
     type Error = hyper::Error;
 
