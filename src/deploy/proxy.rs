@@ -52,7 +52,9 @@ pub struct Backend {
 /// Open connections (tcp) and in-flight requests (http) per slot.
 #[derive(Debug, Default)]
 pub struct SlotStats {
-    open: [AtomicUsize; 2],
+    /// Per worker thread (and one for any other thread), each on its own cache line: a count
+    /// every worker updated for every request would bounce between the CPUs.
+    open: [PerWorker; MAX_WORKERS + 1],
     /// A deploy is under way: read small responses whole before passing them on.
     guarded: std::sync::atomic::AtomicBool,
     /// Cancelled to cut a slot's remaining tcp connections after its drain time.
@@ -69,7 +71,10 @@ impl SlotStats {
 
     /// Connections or requests still using `slot`.
     pub fn open(&self, slot: usize) -> usize {
-        self.open[slot].load(Ordering::SeqCst)
+        self.open
+            .iter()
+            .map(|w| w.0[slot].load(Ordering::SeqCst))
+            .sum()
     }
 
     fn cut_token(&self, slot: usize) -> CancellationToken {
@@ -88,18 +93,37 @@ impl SlotStats {
     }
 }
 
-struct OpenGuard(Arc<SlotStats>, usize);
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct PerWorker([AtomicUsize; 2]);
+
+thread_local! {
+    /// This thread's index into [`SlotStats::open`]: a worker's own, else the shared last one.
+    static WORKER_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(MAX_WORKERS) };
+}
+
+/// Counts one connection or request on a slot until dropped (on whatever thread).
+struct OpenGuard {
+    stats: Arc<SlotStats>,
+    slot: usize,
+    counter: usize,
+}
 
 impl OpenGuard {
     fn new(stats: &Arc<SlotStats>, slot: usize) -> OpenGuard {
-        stats.open[slot].fetch_add(1, Ordering::SeqCst);
-        OpenGuard(stats.clone(), slot)
+        let counter = WORKER_INDEX.get();
+        stats.open[counter].0[slot].fetch_add(1, Ordering::SeqCst);
+        OpenGuard {
+            stats: stats.clone(),
+            slot,
+            counter,
+        }
     }
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.open[self.1].fetch_sub(1, Ordering::SeqCst);
+        self.stats.open[self.counter].0[self.slot].fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -179,6 +203,7 @@ fn workers() -> &'static [Handle] {
                 let spawned = std::thread::Builder::new()
                     .name(format!("orch-proxy-{i}"))
                     .spawn(move || {
+                        WORKER_INDEX.set(i);
                         match tokio::runtime::Builder::new_current_thread()
                             .enable_all()
                             .build()
@@ -308,9 +333,12 @@ async fn http_connection(
     ctx: Arc<Ctx>,
     cancel: CancellationToken,
 ) {
+    let mut route = ctx.backend.clone();
+    let current = *route.borrow_and_update();
     let conn = Arc::new(ClientConn {
         peer,
         peer_value: HeaderValue::from_str(&peer.ip().to_string()).ok(),
+        route: std::sync::Mutex::new((route, current)),
         upstream: std::sync::Mutex::new(None),
     });
     let service = hyper::service::service_fn(move |req| {
@@ -331,12 +359,26 @@ struct ClientConn {
     peer: SocketAddr,
     /// The client's address as an `X-Forwarded-For` value, made once.
     peer_value: Option<HeaderValue>,
+    /// Where its requests go: the connection's own receiver of the proxy's switch, and the
+    /// backend it last saw (a version check per request instead of a lock every worker shares).
+    route: std::sync::Mutex<(watch::Receiver<Option<Backend>>, Option<Backend>)>,
     /// Its own upstream connection (HTTP/1 clients): their requests come one at a time, so one
     /// upstream connection serves them all, with no pool to check out from and return to.
     upstream: std::sync::Mutex<Option<(Backend, http1::SendRequest<Body>)>>,
 }
 
 impl ClientConn {
+    /// The active backend now: a switch is seen by the very next request.
+    fn backend(&self) -> Option<Backend> {
+        // Locked by this connection's requests only; poisoning cannot leave it inconsistent.
+        let mut route = self.route.lock().unwrap_or_else(|p| p.into_inner());
+        let (rx, current) = &mut *route;
+        if rx.has_changed().unwrap_or(false) {
+            *current = *rx.borrow_and_update();
+        }
+        *current
+    }
+
     /// The upstream connection kept for `backend`, if any (one kept for another backend, from
     /// before a switch, is dropped: that closes it).
     fn take_upstream(&self, backend: Backend) -> Option<http1::SendRequest<Body>> {
@@ -411,7 +453,15 @@ const HOP_BY_HOP: &[header::HeaderName] = &[
     header::PROXY_AUTHORIZATION,
 ];
 
+fn is_hop_by_hop(name: &header::HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == "keep-alive" || name == "proxy-connection"
+}
+
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    // Most messages carry none: one pass over the names instead of a lookup for each.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<header::HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -448,7 +498,7 @@ fn plain(status: StatusCode, text: &str) -> Response<Body> {
 }
 
 async fn forward(mut req: Request<Incoming>, conn: &ClientConn, ctx: &Ctx) -> Response<Body> {
-    let Some(backend) = *ctx.backend.borrow() else {
+    let Some(backend) = conn.backend() else {
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "no release of this service is running\n",
