@@ -104,17 +104,33 @@ thread_local! {
 
 /// Counts one connection or request on a slot until dropped (on whatever thread).
 struct OpenGuard {
-    stats: Arc<SlotStats>,
+    owner: GuardOwner,
     slot: usize,
     counter: usize,
 }
 
+/// What keeps the counts alive: a request holds its client connection (whose reference count
+/// only its own worker touches), not the proxy-wide stats every worker would bounce.
+enum GuardOwner {
+    Stats(Arc<SlotStats>),
+    Conn(Arc<ClientConn>),
+}
+
+impl GuardOwner {
+    fn stats(&self) -> &SlotStats {
+        match self {
+            GuardOwner::Stats(s) => s,
+            GuardOwner::Conn(c) => &c.ctx.stats,
+        }
+    }
+}
+
 impl OpenGuard {
-    fn new(stats: &Arc<SlotStats>, slot: usize) -> OpenGuard {
+    fn new(owner: GuardOwner, slot: usize) -> OpenGuard {
         let counter = WORKER_INDEX.get();
-        stats.open[counter].0[slot].fetch_add(1, Ordering::SeqCst);
+        owner.stats().open[counter].0[slot].fetch_add(1, Ordering::SeqCst);
         OpenGuard {
-            stats: stats.clone(),
+            owner,
             slot,
             counter,
         }
@@ -123,7 +139,7 @@ impl OpenGuard {
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.stats.open[self.counter].0[self.slot].fetch_sub(1, Ordering::SeqCst);
+        self.owner.stats().open[self.counter].0[self.slot].fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -310,7 +326,7 @@ async fn tcp_connection(mut client: TcpStream, ctx: &Ctx, cancel: CancellationTo
     let Some(backend) = *ctx.backend.borrow() else {
         return;
     };
-    let _open = OpenGuard::new(&ctx.stats, backend.slot);
+    let _open = OpenGuard::new(GuardOwner::Stats(ctx.stats.clone()), backend.slot);
     let cut = ctx.stats.cut_token(backend.slot);
     let mut upstream = match TcpStream::connect(backend.addr).await {
         Ok(s) => s,
@@ -336,15 +352,15 @@ async fn http_connection(
     let mut route = ctx.backend.clone();
     let current = *route.borrow_and_update();
     let conn = Arc::new(ClientConn {
+        ctx,
         peer,
         peer_value: HeaderValue::from_str(&peer.ip().to_string()).ok(),
         route: std::sync::Mutex::new((route, current)),
         upstream: std::sync::Mutex::new(None),
     });
     let service = hyper::service::service_fn(move |req| {
-        let ctx = ctx.clone();
         let conn = conn.clone();
-        async move { Ok::<_, std::convert::Infallible>(forward(req, &conn, &ctx).await) }
+        async move { Ok::<_, std::convert::Infallible>(forward(req, conn).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -356,6 +372,7 @@ async fn http_connection(
 
 /// What a client connection keeps between its requests.
 struct ClientConn {
+    ctx: Arc<Ctx>,
     peer: SocketAddr,
     /// The client's address as an `X-Forwarded-For` value, made once.
     peer_value: Option<HeaderValue>,
@@ -497,14 +514,15 @@ fn plain(status: StatusCode, text: &str) -> Response<Body> {
     r
 }
 
-async fn forward(mut req: Request<Incoming>, conn: &ClientConn, ctx: &Ctx) -> Response<Body> {
+async fn forward(mut req: Request<Incoming>, conn: Arc<ClientConn>) -> Response<Body> {
+    let ctx: &Ctx = &conn.ctx;
     let Some(backend) = conn.backend() else {
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "no release of this service is running\n",
         );
     };
-    let guard = OpenGuard::new(&ctx.stats, backend.slot);
+    let guard = OpenGuard::new(GuardOwner::Conn(conn.clone()), backend.slot);
     let upgrade = is_upgrade(&req);
     // HTTP/1 requests go on the client connection's own upstream connection (origin-form
     // URI); HTTP/2 streams (concurrent) and upgrades go through the worker's pool.
@@ -571,7 +589,7 @@ async fn forward(mut req: Request<Incoming>, conn: &ClientConn, ctx: &Ctx) -> Re
     let retry_parts = (bodyless && idempotent && !upgrade).then(|| clone_parts(&parts));
     let req = Request::from_parts(parts, body.boxed());
     let first = if own {
-        send_own(conn, backend, req).await
+        send_own(&conn, backend, req).await
     } else {
         client().request(req).await.map_err(|e| e.to_string())
     };
