@@ -66,16 +66,27 @@ pub struct Stats {
 #[derive(Debug)]
 pub struct Channels {
     pub config: AlertsConfig,
-    http: Result<reqwest::Client, String>,
+    /// Built at the first webhook delivery: a daemon without webhooks never loads the TLS
+    /// roots (memory, docs/BENCHMARKS.md issue 2).
+    http: std::sync::OnceLock<Result<reqwest::Client, String>>,
 }
 
 impl Channels {
     pub fn new(config: AlertsConfig) -> Channels {
-        let http = webhook::client().map_err(|e| email::chain(&e));
-        if let Err(e) = &http {
-            tracing::error!(error = %e, "cannot build the HTTP client; webhooks will fail");
+        Channels {
+            config,
+            http: std::sync::OnceLock::new(),
         }
-        Channels { config, http }
+    }
+
+    fn http(&self) -> &Result<reqwest::Client, String> {
+        self.http.get_or_init(|| {
+            let http = webhook::client().map_err(|e| email::chain(&e));
+            if let Err(e) = &http {
+                tracing::error!(error = %e, "cannot build the HTTP client; webhooks will fail");
+            }
+            http
+        })
     }
 
     /// Every channel name, email then webhook.
@@ -90,7 +101,7 @@ impl Channels {
         }
         if let Some(ch) = self.config.webhook.iter().find(|c| c.name == name) {
             let client = self
-                .http
+                .http()
                 .as_ref()
                 .map_err(|e| DeliveryError::retry(format!("no HTTP client: {e}")))?;
             return webhook::send(client, ch, alert).await;

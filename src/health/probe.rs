@@ -122,11 +122,13 @@ impl PlainHttp {
     }
 }
 
-/// HTTP clients shared by every prober (connection pools are per client).
+/// HTTP clients shared by every prober (connection pools are per client). The reqwest clients
+/// (https probes) are built at their first use: plain http probes don't need them, and a daemon
+/// without https probes never loads the TLS roots.
 #[derive(Clone)]
 pub struct ProbeClients {
-    http: Option<reqwest::Client>,
-    insecure: Option<reqwest::Client>,
+    http: Arc<std::sync::OnceLock<Option<reqwest::Client>>>,
+    insecure: Arc<std::sync::OnceLock<Option<reqwest::Client>>>,
     spawner: Spawner,
 }
 
@@ -143,20 +145,25 @@ fn client(insecure: bool) -> Result<reqwest::Client, reqwest::Error> {
 }
 
 impl ProbeClients {
-    /// Needs a rustls crypto provider installed (orchd's main does it).
+    /// Needs a rustls crypto provider installed (orchd's main does it) before an https probe.
     pub fn new(spawner: Spawner) -> ProbeClients {
-        let make = |insecure| match client(insecure) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot build the HTTP client for health checks; http probes will fail");
-                None
-            }
-        };
         ProbeClients {
-            http: make(false),
-            insecure: make(true),
+            http: Arc::default(),
+            insecure: Arc::default(),
             spawner,
         }
+    }
+
+    fn reqwest(&self, insecure: bool) -> Option<&reqwest::Client> {
+        let cell = if insecure { &self.insecure } else { &self.http };
+        cell.get_or_init(|| match client(insecure) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the HTTP client for health checks; https probes will fail");
+                None
+            }
+        })
+        .as_ref()
     }
 }
 
@@ -274,12 +281,7 @@ async fn net_probe(target: &ProbeTarget, clients: &ProbeClients) -> Outcome {
                 )
                 .await;
             }
-            let client = if *insecure {
-                &clients.insecure
-            } else {
-                &clients.http
-            };
-            let Some(client) = client else {
+            let Some(client) = clients.reqwest(*insecure) else {
                 return Outcome::fail(None, "no HTTP client (see orchd's log)".into());
             };
             http_probe(
