@@ -416,10 +416,22 @@ async fn http_probe(
     };
     let code = resp.status().as_u16();
     let body = match expect_body {
-        Some(_) => Some(resp.text().await.map_err(|e| error_chain(&e))),
+        Some(_) => Some(read_capped(resp).await),
         None => None,
     };
     judge(code, body, expect_status, expect_body)
+}
+
+/// A response body as text, at most [`MAX_BODY`] of it (as the plain http path reads it).
+async fn read_capped(mut resp: reqwest::Response) -> Result<String, String> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| error_chain(&e))? {
+        if buf.len() + chunk.len() > MAX_BODY {
+            return Err("length limit exceeded".into());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// reqwest's top-level message hides the cause ("error sending request"); add the sources.
