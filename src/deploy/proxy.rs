@@ -4,7 +4,7 @@
 //! - `http` mode (hyper): routing per *request*, so after a switch the next request on an
 //!   existing client connection goes to the new release and clients never meet a connection
 //!   the old release closed. Keep-alive, HTTP/2 from clients, WebSocket upgrades (tunnelled),
-//!   `Host` kept, `X-Forwarded-For`/`X-Forwarded-Proto` added, pooled upstream connections.
+//!   `Host` kept, `X-Forwarded-For`/`X-Forwarded-Proto` added, kept-alive upstream connections.
 //!   An idempotent request without a body whose upstream failed before a whole response is
 //!   retried (twice at most, after waiting up to 2 s for a switch); responses up to 256 KiB
 //!   are read whole first, so a dying backend never hands a client a truncated body.
@@ -17,8 +17,9 @@
 //!
 //! Connections are served on the proxy's own threads ([`workers`]), one single-threaded tokio
 //! runtime per CPU like nginx's worker processes: the accept loop hands each accepted
-//! connection to the next worker, which serves it start to finish with its own upstream
-//! connection pool, so a request never crosses threads.
+//! connection to the next worker, which serves it start to finish, so a request never crosses
+//! threads. An HTTP/1 client connection keeps one upstream connection of its own; HTTP/2
+//! streams and upgrades use the worker's pool.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{HOST, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
+use http::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
@@ -70,7 +70,7 @@ const MAX_BODY: usize = 1024 * 1024;
 
 /// A plain `http://` probe, parsed once: a fresh connection per probe (as curl from cron, Consul
 /// and the kubelet do, so a server that stops accepting connections is seen as down), one
-/// HTTP/1.1 GET on hyper's connection directly. No connection pool, no per-probe URL parsing,
+/// HTTP/1.1 GET with `Connection: close` on hyper's connection directly. No connection pool, no per-probe URL parsing,
 /// no socket options and no `shutdown(2)`: with 1000 endpoints probed every second this is most
 /// of orchd's CPU (docs/BENCHMARKS.md, issue 4). TLS, user info in the URL and anything this
 /// parse does not take go through reqwest instead.
@@ -107,6 +107,9 @@ impl PlainHttp {
         let mut map = HeaderMap::new();
         map.insert(HOST, HeaderValue::from_str(authority.as_str()).ok()?);
         map.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        // One request per connection, said up front (as Go's http client does for the kubelet's
+        // and Consul's probes): the server closes, and keeps no idle connection for us.
+        map.insert(CONNECTION, HeaderValue::from_static("close"));
         for (k, v) in headers {
             map.insert(
                 HeaderName::from_bytes(k.as_bytes()).ok()?,
@@ -406,7 +409,7 @@ async fn http_probe(
     expect_body: Option<&str>,
     headers: &BTreeMap<String, String>,
 ) -> Outcome {
-    let mut req = client.get(url);
+    let mut req = client.get(url).header(CONNECTION, "close");
     for (k, v) in headers {
         req = req.header(k, v);
     }
@@ -502,6 +505,7 @@ mod tests {
         assert_eq!(p.path, "/health?deep=1");
         assert_eq!(p.headers[HOST], "127.0.0.1:8080");
         assert_eq!(p.headers[USER_AGENT], USER_AGENT_VALUE);
+        assert_eq!(p.headers[CONNECTION], "close");
 
         let p = parse("http://[::1]:9000").expect("plain");
         assert_eq!((p.host.as_str(), p.port), ("::1", 9000));

@@ -336,6 +336,7 @@ fn http_probe_sends_the_path_host_and_unit_headers() {
     assert_eq!(hit.headers["host"], format!("127.0.0.1:{}", rx.port));
     assert_eq!(hit.headers["x-probe-token"], "t-1");
     assert!(hit.headers["user-agent"].starts_with("orchd/"), "{hit:?}");
+    assert_eq!(hit.headers["connection"], "close");
 }
 
 #[test]
