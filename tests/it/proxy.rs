@@ -1,6 +1,6 @@
 //! The http proxy's protocol handling against the real test backend: `Host` kept,
 //! `X-Forwarded-For`/`X-Forwarded-Proto` added, upgrades tunnelled, HTTP/2 clients (h2c prior
-//! knowledge) served, an IPv6 front.
+//! knowledge) served, an IPv6 front, and a kept-alive client connection following a switch.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -27,7 +27,7 @@ fn proxied(listen: &str) -> (Setup, Orchd) {
     s.unit(
         "api",
         &format!(
-            "exec = [\"python3\", \"{}/tests/support/backend.py\", \"{}\"]\nrelease = \"v1\"\n[health]\nhttp = \"http://127.0.0.1:{{port}}/health\"\ninterval = \"50ms\"\nstart_period = \"10s\"\n[deploy]\nlisten = \"{listen}\"\nports = [{}, {}]\n",
+            "exec = [\"python3\", \"{}/tests/support/backend.py\", \"{}\"]\nrelease = \"v1\"\n[health]\nhttp = \"http://127.0.0.1:{{port}}/health\"\ninterval = \"50ms\"\nstart_period = \"10s\"\n[deploy]\nlisten = \"{listen}\"\nports = [{}, {}]\nwatch = \"200ms\"\ndrain = \"1s\"\n",
             env!("CARGO_MANIFEST_DIR"),
             s.path().display(),
             free_port(),
@@ -148,4 +148,44 @@ fn an_ipv6_front_serves() {
         (status.as_str(), body.as_str()),
         ("HTTP/1.1 200 OK", "v1\n")
     );
+}
+
+/// One request on a kept-alive connection: the body (by Content-Length).
+fn get_on(c: &mut TcpStream, r: &mut BufReader<TcpStream>) -> String {
+    c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut line = String::new();
+    let mut len = 0;
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).unwrap();
+    String::from_utf8(body).unwrap()
+}
+
+#[test]
+fn a_kept_alive_connection_follows_the_switch_on_its_next_request() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (_s, o) = proxied(&listen);
+    let mut c = TcpStream::connect(&listen).unwrap();
+    c.set_read_timeout(Some(T)).unwrap();
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    assert_eq!(get_on(&mut c, &mut r), "v1\n");
+    assert_eq!(get_on(&mut c, &mut r), "v1\n");
+    let out = o.ctl(&["deploy", "api", "--release", "v2"]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    // The same client connection: its next request goes to the new release.
+    assert_eq!(get_on(&mut c, &mut r), "v2\n");
+    let out = o.ctl(&["rollback", "api"]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert_eq!(get_on(&mut c, &mut r), "v1\n");
 }
