@@ -70,10 +70,10 @@ const MAX_BODY: usize = 1024 * 1024;
 
 /// A plain `http://` probe, parsed once: a fresh connection per probe (as curl from cron, Consul
 /// and the kubelet do, so a server that stops accepting connections is seen as down), one
-/// HTTP/1.1 GET with `Connection: close` on hyper's connection directly. No connection pool, no per-probe URL parsing,
-/// no socket options and no `shutdown(2)`: with 1000 endpoints probed every second this is most
-/// of orchd's CPU (docs/BENCHMARKS.md, issue 4). TLS, user info in the URL and anything this
-/// parse does not take go through reqwest instead.
+/// HTTP/1.1 GET with `Connection: close` on hyper's connection directly. No connection pool,
+/// no per-probe URL parsing, no socket options and no `shutdown(2)`: with 1000 endpoints probed
+/// every second this is most of orchd's CPU (docs/BENCHMARKS.md, issue 4). TLS, user info in
+/// the URL and anything this parse does not take go through reqwest instead.
 #[derive(Debug)]
 pub struct PlainHttp {
     /// Host name or address, IPv6 without brackets.
