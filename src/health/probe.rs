@@ -415,7 +415,14 @@ async fn http_probe(
     }
     let resp = match req.send().await {
         Ok(r) => r,
-        Err(e) => return Outcome::fail(None, format!("GET {url}: {}", error_chain(&e))),
+        Err(e) => {
+            // The URL may carry a password: shown without it, and not through reqwest's error.
+            let shown = shown_url(url);
+            return Outcome::fail(
+                None,
+                format!("GET {shown}: {}", error_chain(&e.without_url())),
+            );
+        }
     };
     let code = resp.status().as_u16();
     let body = match expect_body {
@@ -423,6 +430,20 @@ async fn http_probe(
         None => None,
     };
     judge(code, body, expect_status, expect_body)
+}
+
+/// `url` for messages: user info (`http://user:password@host/`) is never shown.
+fn shown_url(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.into();
+    };
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    match url[start..end].rfind('@') {
+        Some(at) => format!("{}…@{}", &url[..start], &url[start + at + 1..]).into(),
+        None => url.into(),
+    }
 }
 
 /// A response body as text, at most [`MAX_BODY`] of it (as the plain http path reads it).
@@ -534,6 +555,16 @@ mod tests {
         assert!(parse("not a url").is_none());
         let bad = BTreeMap::from([("X-Bad".to_string(), "a\nb".to_string())]);
         assert!(PlainHttp::parse("http://127.0.0.1/", &bad).is_none());
+    }
+
+    #[test]
+    fn passwords_in_probe_urls_are_never_shown() {
+        assert_eq!(
+            shown_url("https://ops:s3cret@db.internal:8443/health?x=a@b"),
+            "https://…@db.internal:8443/health?x=a@b"
+        );
+        assert_eq!(shown_url("http://127.0.0.1/h@x"), "http://127.0.0.1/h@x");
+        assert_eq!(shown_url("not a url"), "not a url");
     }
 
     #[test]

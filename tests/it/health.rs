@@ -388,3 +388,28 @@ fn https_probe_of_a_self_signed_endpoint_needs_insecure() {
     );
     assert_eq!(o.status("lax")["last_probe"]["detail"], "HTTP 200");
 }
+
+#[test]
+fn a_password_in_a_probe_url_reaches_neither_status_nor_log() {
+    let port = free_port();
+    let s = Setup::new();
+    s.unit(
+        "db",
+        &format!(
+            "[health]\nhttp = \"http://ops:s3cret@127.0.0.1:{port}/health\"\ninterval = \"100ms\"\nretries = 1\n"
+        ),
+    );
+    let o = s.start();
+    wait_health(&o, "db", "unhealthy");
+    let detail = o.status("db")["last_failure"]["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        detail.starts_with(&format!("GET http://…@127.0.0.1:{port}/health: ")),
+        "{detail}"
+    );
+    let all = text(&o.ctl(&["--json", "status", "db"]).stdout);
+    assert!(!all.contains("s3cret"), "{all}");
+    assert!(!o.log_text().contains("s3cret"), "{}", o.log_text());
+}
