@@ -265,7 +265,7 @@ fn client() -> Client<HttpConnector, Body> {
 fn http_client() -> Client<HttpConnector, Body> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(64)
@@ -720,40 +720,26 @@ where
     )
 }
 
+/// The request's path and query ("/" when it has none).
+fn path_and_query(uri: &http::Uri) -> http::uri::PathAndQuery {
+    uri.path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
+}
+
 /// The request's path and query alone, as sent on a direct HTTP/1 connection.
 fn origin_form(uri: &http::Uri) -> Option<http::Uri> {
     let mut parts = http::uri::Parts::default();
-    parts.path_and_query = Some(
-        uri.path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
+    parts.path_and_query = Some(path_and_query(uri));
     http::Uri::from_parts(parts).ok()
 }
 
-/// The request's path and query on `backend`.
+/// The request's path and query on `backend` (for the pool: HTTP/2 streams, upgrades, retries).
 fn upstream_uri(uri: &http::Uri, backend: Backend) -> Option<http::Uri> {
-    thread_local! {
-        /// The last backend's authority: made once per switch, not per request.
-        static AUTHORITY: std::cell::RefCell<Option<(SocketAddr, http::uri::Authority)>> =
-            const { std::cell::RefCell::new(None) };
-    }
-    let authority = AUTHORITY.with_borrow_mut(|cached| match cached {
-        Some((addr, a)) if *addr == backend.addr => Some(a.clone()),
-        _ => {
-            let a = http::uri::Authority::try_from(backend.addr.to_string()).ok()?;
-            *cached = Some((backend.addr, a.clone()));
-            Some(a)
-        }
-    })?;
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = Some(authority);
-    parts.path_and_query = Some(
-        uri.path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
+    parts.authority = Some(http::uri::Authority::try_from(backend.addr.to_string()).ok()?);
+    parts.path_and_query = Some(path_and_query(uri));
     http::Uri::from_parts(parts).ok()
 }
 

@@ -8,20 +8,13 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::load::{Load, Tally};
+use crate::receiver::free_port;
 use crate::util::*;
 
 const T: Duration = Duration::from_secs(30);
 
 fn backend() -> String {
     format!("{}/tests/support/backend.py", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Ports {

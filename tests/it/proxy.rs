@@ -8,17 +8,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::receiver::free_port;
 use crate::util::*;
 
 const T: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// orchd with one http-proxied service (the python test backend) on `listen`; waits until the
 /// proxy serves release v1.
