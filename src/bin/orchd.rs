@@ -48,6 +48,8 @@ fn main() -> ExitCode {
     if args.check {
         return check(&args.config);
     }
+    // Before any thread exists (tracing and tokio start some): see its comment.
+    orch::supervisor::process::block_sigchld();
     init_tracing();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,

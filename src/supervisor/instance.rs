@@ -83,18 +83,38 @@ impl Supervisor {
         }
     }
 
-    /// SIGKILL everything the instance started: its group, its cgroup, anything with its marker.
-    pub(super) fn kill_all(&self, inst: &Instance) {
-        // The group goes at once; the cgroup and the /proc scan for the marker (milliseconds
-        // each) run beside the restart instead of before it: they only find this instance's
-        // processes, never the next one's.
+    /// Sweep the leftovers of ended instances (see [`Sweep::kill`]) on the blocking pool.
+    /// Called once a step's actions are done, so that a restart's fork has happened first.
+    pub(super) fn start_sweeps(&mut self) {
+        for sweep in self.sweeps.drain(..) {
+            let service = self.unit.name.clone();
+            tokio::task::spawn_blocking(move || sweep.run(&service));
+        }
+    }
+}
+
+/// What is left to kill of an ended instance: its cgroup and the processes with its marker.
+#[derive(Debug)]
+pub(super) struct Sweep {
+    cgroup: Option<std::path::PathBuf>,
+    marker: String,
+}
+
+impl Sweep {
+    /// SIGKILL the instance's process group at once, and return the rest of the job: the
+    /// cgroup and the `/proc` scan for the marker take milliseconds each, so they run beside
+    /// the restart rather than before it. They only ever find this instance's processes, never
+    /// the next one's (its own cgroup and marker).
+    pub(super) fn kill(inst: &Instance) -> Sweep {
         signal_group(inst.pid, Signal::SIGKILL);
-        let (name, dir, marker) = (
-            self.unit.name.clone(),
-            inst.cgroup.clone(),
-            inst.marker.clone(),
-        );
-        tokio::task::spawn_blocking(move || sweep_instance(&name, dir.as_deref(), &marker));
+        Sweep {
+            cgroup: inst.cgroup.clone(),
+            marker: inst.marker.clone(),
+        }
+    }
+
+    pub(super) fn run(&self, service: &str) {
+        sweep_instance(service, self.cgroup.as_deref(), &self.marker);
     }
 }
 

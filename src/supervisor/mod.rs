@@ -10,6 +10,7 @@ mod deploy_end;
 mod deploying;
 pub mod deps;
 mod instance;
+mod launch;
 pub mod logs;
 mod probing;
 pub mod process;

@@ -16,16 +16,16 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Gid, Pid, Uid};
 use tokio::sync::{mpsc, oneshot};
+
+use super::launch::{Creds, LaunchError, Launcher, Step};
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +73,14 @@ pub enum SpawnError {
     Cgroup { path: PathBuf, source: io::Error },
     #[error("cannot run {program}: {source}")]
     Exec { program: String, source: io::Error },
+    #[error("cannot enter working_dir {dir}: {source}")]
+    WorkingDir { dir: PathBuf, source: io::Error },
+    #[error("cannot take the unit's user/group (uid {uid}, gid {gid}): {source}")]
+    Credentials {
+        uid: u32,
+        gid: u32,
+        source: io::Error,
+    },
     #[error("orchd's spawner thread is gone")]
     SpawnerGone,
 }
@@ -101,13 +109,19 @@ impl Spawner {
         std::thread::Builder::new()
             .name("orch-cgroup".into())
             .spawn(move || cgroup_mover(moves))?;
+        let launcher = Launcher::new()?;
         std::thread::Builder::new()
             .name("orch-spawner".into())
-            .spawn(move || spawner_loop(rx, reg, mover))?;
+            .spawn(move || spawner_loop(launcher, rx, reg, mover))?;
         let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGCHLD])?;
         std::thread::Builder::new()
             .name("orch-reaper".into())
             .spawn(move || {
+                // Where orchd blocked SIGCHLD in every other thread (`block_sigchld`), the
+                // kernel delivers it to this one, already waiting: one wake-up less per exit.
+                let mut chld = nix::sys::signal::SigSet::empty();
+                chld.add(Signal::SIGCHLD);
+                let _ = chld.thread_unblock();
                 reap_all(&registry);
                 for _ in signals.forever() {
                     reap_all(&registry);
@@ -130,6 +144,16 @@ impl Spawner {
     }
 }
 
+/// Block SIGCHLD in the calling thread, and so in every thread it creates from now on. Call it
+/// first thing in `main`, before any thread exists: the reaper thread unblocks it for itself,
+/// so each exit wakes the reaper directly instead of whichever thread the kernel picked, which
+/// then had to wake the reaper. (Without it everything still works, one hop slower.)
+pub fn block_sigchld() {
+    let mut chld = nix::sys::signal::SigSet::empty();
+    chld.add(Signal::SIGCHLD);
+    let _ = chld.thread_block();
+}
+
 fn lock(
     registry: &Registry,
 ) -> std::sync::MutexGuard<'_, HashMap<i32, mpsc::UnboundedSender<ExitInfo>>> {
@@ -141,6 +165,7 @@ fn lock(
 }
 
 fn spawner_loop(
+    mut launcher: Launcher,
     jobs: std::sync::mpsc::Receiver<Job>,
     registry: Registry,
     mover: std::sync::mpsc::Sender<(i32, std::fs::File)>,
@@ -148,7 +173,7 @@ fn spawner_loop(
     while let Ok(job) = jobs.recv() {
         let result = {
             let mut table = lock(&registry);
-            let result = spawn_now(&job.spec);
+            let result = spawn_now(&mut launcher, &job.spec);
             if let Ok((s, _)) = &result {
                 table.insert(s.pid, job.exits);
             }
@@ -219,13 +244,6 @@ fn reap_all(registry: &Registry) {
     }
 }
 
-/// Credentials resolved before the fork (NSS lookups are not async-signal-safe).
-struct Creds {
-    uid: Uid,
-    gid: Gid,
-    groups: Vec<Gid>,
-}
-
 fn resolve_creds(spec: &SpawnSpec) -> Result<Option<Creds>, SpawnError> {
     use nix::unistd::{Group, User, getgrouplist};
     let user = match &spec.user {
@@ -277,7 +295,10 @@ fn resolve_creds(spec: &SpawnSpec) -> Result<Option<Creds>, SpawnError> {
     Ok(Some(Creds { uid, gid, groups }))
 }
 
-fn spawn_now(spec: &SpawnSpec) -> Result<(Spawned, Option<std::fs::File>), SpawnError> {
+fn spawn_now(
+    launcher: &mut Launcher,
+    spec: &SpawnSpec,
+) -> Result<(Spawned, Option<std::fs::File>), SpawnError> {
     let program = spec.argv.first().cloned().unwrap_or_default();
     let creds = resolve_creds(spec)?;
     // Opened here rather than in the child, so that a cgroup that is gone is reported as such
@@ -293,83 +314,65 @@ fn spawn_now(spec: &SpawnSpec) -> Result<(Spawned, Option<std::fs::File>), Spawn
         }
         None => None,
     };
-    let parent = nix::unistd::getpid();
-    let mut cmd = Command::new(&program);
-    cmd.args(&spec.argv[1.min(spec.argv.len())..]);
-    cmd.env_clear().envs(spec.env.iter().map(|(k, v)| (k, v)));
-    if let Some(cwd) = &spec.cwd {
-        cmd.current_dir(cwd);
-    }
-    cmd.stdin(Stdio::null());
-    if spec.capture_output {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    } else {
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
-    }
-    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
-    // functions (setsid, prctl, getppid, sigprocmask, signal, setgroups, setgid, setuid, _exit)
-    // on data prepared before the fork; it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || child_setup(parent, creds.as_ref()));
-    }
-    let child = cmd.spawn().map_err(|source| SpawnError::Exec {
+    let exec_error = |source| SpawnError::Exec {
         program: program.clone(),
         source,
-    })?;
-    let pid = child.id() as i32;
-    let stdout = child.stdout.map(OwnedFd::from);
-    let stderr = child.stderr.map(OwnedFd::from);
-    // Dropping `Child` does not wait: the reaper owns the exit status.
+    };
+    let devnull = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(exec_error)?;
+    let devnull = OwnedFd::from(devnull);
+    // The parent's ends are close-on-exec; dup2 makes the child's copies inheritable.
+    let (out, err) = if spec.capture_output {
+        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from);
+        (
+            Some(pipe().map_err(exec_error)?),
+            Some(pipe().map_err(exec_error)?),
+        )
+    } else {
+        (None, None)
+    };
+    let stdio = [
+        devnull.as_raw_fd(),
+        out.as_ref()
+            .map_or(devnull.as_raw_fd(), |(_, w)| w.as_raw_fd()),
+        err.as_ref()
+            .map_or(devnull.as_raw_fd(), |(_, w)| w.as_raw_fd()),
+    ];
+    let pid = launcher
+        .launch(
+            &spec.argv,
+            &spec.env,
+            spec.cwd.as_deref(),
+            creds.as_ref(),
+            stdio,
+        )
+        .map_err(|e| match e {
+            LaunchError::Nul(s) => SpawnError::Nul(s),
+            LaunchError::Child(Step::Chdir, source) => SpawnError::WorkingDir {
+                dir: spec.cwd.clone().unwrap_or_default(),
+                source,
+            },
+            LaunchError::Child(Step::Credentials, source) => SpawnError::Credentials {
+                uid: creds.as_ref().map_or(0, |c| c.uid.as_raw()),
+                gid: creds.as_ref().map_or(0, |c| c.gid.as_raw()),
+                source,
+            },
+            LaunchError::NotFound(source)
+            | LaunchError::Clone(source)
+            | LaunchError::Child(_, source) => exec_error(source),
+        })?;
+    // The write ends (and /dev/null) close here: the service holds its own copies.
     Ok((
         Spawned {
             pid,
-            stdout,
-            stderr,
+            stdout: out.map(|(r, _)| r),
+            stderr: err.map(|(r, _)| r),
         },
         cgroup_procs,
     ))
-}
-
-/// Runs in the child between fork and exec. Must stay async-signal-safe.
-fn child_setup(parent: Pid, creds: Option<&Creds>) -> io::Result<()> {
-    // Own session and process group: stop signals go to the whole group.
-    nix::unistd::setsid()?;
-    // SAFETY: prctl with PR_SET_PDEATHSIG takes a plain signal number.
-    if unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    if nix::unistd::getppid() != parent {
-        // orchd died between fork and prctl: don't run unsupervised.
-        // SAFETY: _exit is async-signal-safe and ends only this child.
-        unsafe { libc::_exit(1) };
-    }
-    // Default dispositions and an empty mask: handlers reset on exec, but ignored signals don't.
-    for sig in 1..libc::SIGRTMAX() {
-        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            // SAFETY: signal() is async-signal-safe; errors for reserved numbers are harmless.
-            unsafe { libc::signal(sig, libc::SIG_DFL) };
-        }
-    }
-    nix::sys::signal::sigprocmask(
-        nix::sys::signal::SigmaskHow::SIG_SETMASK,
-        Some(&nix::sys::signal::SigSet::empty()),
-        None,
-    )?;
-    if let Some(c) = creds {
-        nix::unistd::setgroups(&c.groups)?;
-        nix::unistd::setgid(c.gid)?;
-        nix::unistd::setuid(c.uid)?;
-    }
-    Ok(())
 }
 
 /// Send `sig` to the process group `pgid` (ESRCH — nobody left — is not an error).

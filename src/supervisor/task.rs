@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::cgroup::CgroupRoot;
 use super::deploying::DeployRun;
 use super::deps;
-use super::instance::sweep_instance;
+use super::instance::{Sweep, sweep_instance};
 use super::logs::{Journal, LogHub};
 use super::process::{ExitInfo, Spawner, signal_group};
 use super::state::{Action, Ctx, Deps, Input, Machine, State, describe_exit};
@@ -144,6 +144,8 @@ pub(super) struct Supervisor {
     pub(super) advancing: bool,
     /// Gets a copy of the current deploy's final result (for an instant rollback's reply).
     pub(super) final_tap: Option<tokio::sync::oneshot::Sender<serde_json::Value>>,
+    /// Leftovers of ended instances still to be swept (see [`Supervisor::kill_all`]).
+    pub(super) sweeps: Vec<Sweep>,
 }
 
 /// Start the supervisor task of `unit`, running `release`. It starts the service only when told.
@@ -200,6 +202,7 @@ pub fn spawn_supervisor(
         advancing: false,
         switch_pending: switch_command,
         final_tap: None,
+        sweeps: Vec::new(),
     };
     tracker.spawn(sup.run(cmd_rx, exits_rx, probe_rx, start, cancel));
     handle
@@ -254,6 +257,9 @@ impl Supervisor {
         }
         // orchd is going away without a graceful stop of this service: leave nothing behind,
         // before this task ends.
+        for sweep in std::mem::take(&mut self.sweeps) {
+            sweep.run(&self.unit.name);
+        }
         for i in 0..2 {
             self.stop_probing(i);
             if let Some(inst) = self.slots[i].instance.take() {
@@ -476,6 +482,8 @@ impl Supervisor {
                 }
             }
         }
+        // After the actions, so that a restart's spawn never waits behind a sweep.
+        self.start_sweeps();
         if self.slots[self.active].machine.state() != State::Starting {
             self.waiting_since = None;
             self.dep_recheck = None;
@@ -524,8 +532,8 @@ impl Supervisor {
             },
             Action::KillAll => {
                 let s = &self.slots[slot];
-                if let Some(inst) = s.instance.as_ref().or(s.dying.as_ref()) {
-                    self.kill_all(inst);
+                if let Some(sweep) = s.instance.as_ref().or(s.dying.as_ref()).map(Sweep::kill) {
+                    self.sweeps.push(sweep);
                 }
                 None
             }

@@ -282,3 +282,69 @@ ports = [{p1}, {p2}]
     assert_eq!(lines(&args_out), vec![format!("{p1} current")]);
     assert_eq!(orchd.status("app")["port"], p1);
 }
+
+#[test]
+fn a_start_that_cannot_run_says_why_and_the_rest_keep_running() {
+    let s = Setup::new();
+    let tool = s.file("not-executable");
+    std::fs::write(&tool, "#!/bin/sh\nexec sleep 1000\n").unwrap();
+    s.unit(
+        "missing",
+        "exec = [\"/nonexistent/server\"]\n[restart]\npolicy = \"no\"\n",
+    );
+    s.unit(
+        "nowhere",
+        "exec = [\"/bin/sleep\", \"1000\"]\nworking_dir = \"/nonexistent-dir\"\n[restart]\npolicy = \"no\"\n",
+    );
+    s.unit(
+        "notinpath",
+        "exec = [\"no-such-tool-anywhere\"]\nenv = { PATH = \"/usr/bin:/bin\" }\n[restart]\npolicy = \"no\"\n",
+    );
+    s.unit(
+        "denied",
+        &format!(
+            "exec = [\"{}\"]\n[restart]\npolicy = \"no\"\n",
+            tool.display()
+        ),
+    );
+    s.unit("fine", "exec = [\"/bin/sleep\", \"1000\"]\n");
+    let orchd = s.start();
+    let expect = [
+        (
+            "missing",
+            "could not start: cannot run /nonexistent/server: No such file or directory (os error 2)",
+        ),
+        (
+            "nowhere",
+            "could not start: cannot enter working_dir /nonexistent-dir: No such file or directory (os error 2)",
+        ),
+        (
+            "notinpath",
+            "could not start: cannot run no-such-tool-anywhere: not found in PATH /usr/bin:/bin",
+        ),
+        (
+            "denied",
+            &format!(
+                "could not start: cannot run {}: Permission denied (os error 13)",
+                tool.display()
+            ),
+        ),
+    ];
+    for (name, reason) in expect {
+        orchd.wait_for(&format!("{name} to fail"), T, || {
+            orchd.state(name) == "failed"
+        });
+        assert_eq!(orchd.status(name)["reason"], reason, "{name}");
+    }
+    let events = orchd.json(&["events", "-n", "100"]);
+    let spawn_failed = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "spawn_failed")
+        .count();
+    assert_eq!(spawn_failed, 4, "{events}");
+    orchd.wait_for("fine to run", T, || orchd.state("fine") == "running");
+    // Nothing was left behind: no zombie of a failed exec.
+    assert!(zombies_of(orchd.pid()).is_empty());
+}
