@@ -5,15 +5,24 @@
 //! A plain `fork` copies orchd's page tables and the child's `exec` tears them down again:
 //! about 0.4 ms each way for orchd's ~10 MB, on every start and restart. With `CLONE_VM` the
 //! child borrows orchd's memory and a small stack of its own until it calls `execve`, and the
-//! forking thread sleeps until then (`CLONE_VFORK`). That child may therefore only make plain
-//! system calls on data prepared before the clone: no allocation, no locks, no glibc function
-//! that broadcasts to "all threads" (glibc's `setuid`/`setgid`/`setgroups` do, so the raw system
-//! calls are used). Every other thread of orchd keeps running meanwhile.
+//! cloning thread sleeps until then (`CLONE_VFORK`). That child may therefore only make plain
+//! system calls on data prepared before the clone: no allocation, no locks, no panics, no
+//! glibc function that broadcasts to "all threads" (glibc's `setuid`/`setgid`/`setgroups` do,
+//! so the raw system calls are used). Every other thread of orchd keeps running meanwhile.
+//!
+//! Needs glibc 2.25 or later (older `clone` wrappers overwrote the parent thread's cached
+//! pid for `CLONE_VM` children) and a binary linked with immediate binding (Rust's default:
+//! lazy binding would run the dynamic linker on the child's stack).
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!(
+    "launch.rs passes raw kernel structures (sigaction, sigset) sized for x86_64 and aarch64"
+);
 
 use std::cell::Cell;
-use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::ffi::{CString, c_char, c_int, c_void};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -21,9 +30,8 @@ use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, mprotect};
 use nix::unistd::{Gid, Uid};
 
 /// Stack of the cloned child between `clone` and `execve`. The child's frames are small (it
-/// calls a dozen system calls); a guard page below catches an overflow.
+/// makes a dozen system calls); a guard page below catches an overflow.
 const STACK_SIZE: usize = 64 * 1024;
-const GUARD: usize = 4096;
 
 /// Credentials resolved before the clone (NSS lookups are not async-signal-safe).
 #[derive(Debug)]
@@ -33,18 +41,114 @@ pub(super) struct Creds {
     pub(super) groups: Vec<Gid>,
 }
 
-/// What the child needs, all prepared before the clone; the child only reads it, and writes its
-/// errno into `error` when a step fails.
+/// A process to start, with every string and pointer array the child needs built beforehand
+/// (`prepare`), so that the clone itself can run under the pid registry lock without lookups.
+pub(super) struct Prepared {
+    /// Where `execve` is tried, in order: the program itself if it has a `/`, else
+    /// `DIR/program` for each `PATH` entry (resolved in the child, after `chdir`, as `execvp`).
+    candidates: Vec<CString>,
+    /// For each candidate, the argv that runs it with `/bin/sh` (a script without `#!`).
+    sh_argv_p: Vec<Vec<*const c_char>>,
+    _argv: Vec<CString>,
+    argv_p: Vec<*const c_char>,
+    _envp: Vec<CString>,
+    envp_p: Vec<*const c_char>,
+    cwd: Option<CString>,
+    groups: Vec<libc::gid_t>,
+    ids: Option<(libc::uid_t, libc::gid_t)>,
+    /// The `PATH` searched, for messages (None: the program has a `/`).
+    searched: Option<String>,
+}
+
+/// Build what the child needs to run `argv` with exactly `env`, in `cwd`, as `creds`.
+pub(super) fn prepare(
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: Option<&Path>,
+    creds: Option<&Creds>,
+) -> Result<Prepared, LaunchError> {
+    let program = argv.first().map(String::as_str).unwrap_or_default();
+    if program.is_empty() {
+        return Err(LaunchError::NotFound(io::Error::new(
+            io::ErrorKind::NotFound,
+            "empty program name",
+        )));
+    }
+    let (candidates, searched) = if program.contains('/') {
+        (vec![cstring(program)?], None)
+    } else {
+        let path = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var("PATH").ok())
+            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".to_owned());
+        let c = path
+            .split(':')
+            .map(|dir| {
+                cstring(&format!(
+                    "{}/{program}",
+                    if dir.is_empty() { "." } else { dir }
+                ))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        (c, Some(path))
+    };
+    let argv_c = argv
+        .iter()
+        .map(|a| cstring(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let envp_c = env
+        .iter()
+        .map(|(k, v)| cstring(&format!("{k}={v}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cwd = cwd
+        .map(|d| {
+            CString::new(d.as_os_str().as_bytes())
+                .map_err(|_| LaunchError::Nul(d.display().to_string()))
+        })
+        .transpose()?;
+    let nul_terminated = |v: &[CString]| -> Vec<*const c_char> {
+        v.iter()
+            .map(|c| c.as_ptr())
+            .chain([std::ptr::null()])
+            .collect()
+    };
+    let argv_p = nul_terminated(&argv_c);
+    let sh_argv_p = candidates
+        .iter()
+        .map(|c| {
+            [SH.as_ptr(), c.as_ptr()]
+                .into_iter()
+                .chain(argv_c.iter().skip(1).map(|a| a.as_ptr()))
+                .chain([std::ptr::null()])
+                .collect()
+        })
+        .collect();
+    Ok(Prepared {
+        candidates,
+        sh_argv_p,
+        argv_p,
+        _argv: argv_c,
+        envp_p: nul_terminated(&envp_c),
+        _envp: envp_c,
+        cwd,
+        groups: creds
+            .map(|c| c.groups.iter().map(|g| g.as_raw()).collect())
+            .unwrap_or_default(),
+        ids: creds.map(|c| (c.uid.as_raw(), c.gid.as_raw())),
+        searched,
+    })
+}
+
+const SH: &std::ffi::CStr = c"/bin/sh";
+
+/// What the child reads (prepared before the clone), and the cell it reports a failure in.
 struct ChildArgs<'a> {
-    path: &'a CStr,
-    argv: &'a [*const c_char],
-    envp: &'a [*const c_char],
-    cwd: Option<&'a CStr>,
-    /// uid, gid and supplementary groups to take, if any.
-    creds: Option<(libc::uid_t, libc::gid_t, &'a [libc::gid_t])>,
+    p: &'a Prepared,
     /// orchd's pid: if the child's parent is not orchd any more, orchd died meanwhile.
     parent: libc::pid_t,
-    /// Become stdin, stdout, stderr.
+    /// Become stdin, stdout, stderr; all ≥ 3 (see `launch`).
     stdio: [RawFd; 3],
     /// The step that failed and its errno (errno 0: none). Written by the child, read by the
     /// parent after `clone` returned, which `CLONE_VFORK` orders after the child's exec or exit.
@@ -54,7 +158,7 @@ struct ChildArgs<'a> {
 /// A step of the child that can fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Step {
-    /// setsid, prctl, the stdio fds: orchd's side of the setup.
+    /// setsid, signal dispositions, the stdio fds, the parent-death signal.
     Setup,
     /// Entering the working directory.
     Chdir,
@@ -68,6 +172,7 @@ pub(super) enum Step {
 /// once `clone` returns in the parent.
 pub(super) struct Launcher {
     base: std::ptr::NonNull<c_void>,
+    guard: usize,
 }
 
 // SAFETY: the mapping is owned by the Launcher alone; moving it to another thread is moving
@@ -76,7 +181,13 @@ unsafe impl Send for Launcher {}
 
 impl Launcher {
     pub(super) fn new() -> io::Result<Launcher> {
-        let len = std::num::NonZeroUsize::new(STACK_SIZE + GUARD).ok_or(io::ErrorKind::Other)?;
+        // SAFETY: sysconf reads a constant.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .ok()
+            .filter(|&p| p > 0)
+            .unwrap_or(4096);
+        let len = std::num::NonZeroUsize::new(STACK_SIZE.next_multiple_of(page) + page)
+            .ok_or(io::ErrorKind::InvalidInput)?;
         // SAFETY: a fresh anonymous private mapping aliases nothing.
         let base = unsafe {
             mmap_anonymous(
@@ -87,79 +198,74 @@ impl Launcher {
             )
         }?;
         // SAFETY: the lowest page of the mapping just made, which nothing references yet.
-        unsafe { mprotect(base, GUARD, ProtFlags::PROT_NONE) }?;
-        Ok(Launcher { base })
+        unsafe { mprotect(base, page, ProtFlags::PROT_NONE) }?;
+        Ok(Launcher { base, guard: page })
     }
 
-    /// Start `argv` (argv[0] resolved through `PATH` as `execvp` does, taken from `env` when it
-    /// sets one) with exactly `env`, in its own session, with default signal dispositions, an
-    /// empty signal mask and `stdio` as fds 0–2. Returns the child's pid once it has exec'd;
-    /// a failure of any step (exec included) is returned as that step's errno, and the child
-    /// is reaped.
+    fn len(&self) -> usize {
+        STACK_SIZE.next_multiple_of(self.guard) + self.guard
+    }
+
+    /// Start `p` in its own session, with default signal dispositions, an empty signal mask
+    /// and `stdio` as fds 0–2. Returns the child's pid once it has exec'd; a failure of any
+    /// step (exec included) is returned with that step's errno, and the child is reaped here:
+    /// the caller must hold whatever serialises `waitpid(-1)` (the pid registry lock), so
+    /// that nobody else reaps it first.
     pub(super) fn launch(
         &mut self,
-        argv: &[String],
-        env: &[(String, String)],
-        cwd: Option<&Path>,
-        creds: Option<&Creds>,
+        p: &Prepared,
         stdio: [RawFd; 3],
     ) -> Result<libc::pid_t, LaunchError> {
-        let program = argv.first().map(String::as_str).unwrap_or_default();
-        let path = resolve(program, env)?;
-        let argv_c = argv
-            .iter()
-            .map(|a| cstring(a))
-            .collect::<Result<Vec<_>, _>>()?;
-        let envp_c = env
-            .iter()
-            .map(|(k, v)| cstring(&format!("{k}={v}")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let cwd_c = cwd
-            .map(|d| CString::new(d.as_os_str().as_bytes()))
-            .transpose()
-            .map_err(|_| LaunchError::Nul(cwd.unwrap_or(Path::new("")).display().to_string()))?;
-        let argv_p: Vec<*const c_char> = argv_c
-            .iter()
-            .map(|c| c.as_ptr())
-            .chain([std::ptr::null()])
-            .collect();
-        let envp_p: Vec<*const c_char> = envp_c
-            .iter()
-            .map(|c| c.as_ptr())
-            .chain([std::ptr::null()])
-            .collect();
-        let groups: Vec<libc::gid_t> = creds
-            .map(|c| c.groups.iter().map(|g| g.as_raw()).collect())
-            .unwrap_or_default();
+        // The child dup2s the sources onto 0, 1, 2 in that order: a source below 3 could be
+        // overwritten before it is used. Give any such source a number ≥ 3 first.
+        let mut moved: Vec<OwnedFd> = Vec::new();
+        let mut fds = stdio;
+        for fd in fds.iter_mut() {
+            if *fd < 3 {
+                // SAFETY: F_DUPFD_CLOEXEC duplicates an fd the caller keeps open for this call.
+                let dup = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 3) };
+                if dup < 0 {
+                    return Err(LaunchError::Clone(io::Error::last_os_error()));
+                }
+                // SAFETY: `dup` is a new fd owned by nothing else.
+                moved.push(unsafe { OwnedFd::from_raw_fd(dup) });
+                *fd = dup;
+            }
+        }
         let args = ChildArgs {
-            path: &path,
-            argv: &argv_p,
-            envp: &envp_p,
-            cwd: cwd_c.as_deref(),
-            creds: creds.map(|c| (c.uid.as_raw(), c.gid.as_raw(), groups.as_slice())),
+            p,
             parent: nix::unistd::getpid().as_raw(),
-            stdio,
+            stdio: fds,
             error: Cell::new((Step::Setup, 0)),
         };
-        // SAFETY: `base + GUARD + STACK_SIZE` is the (16-byte aligned: page aligned) end of the
-        // mapping this Launcher owns; stacks grow down on x86_64 and aarch64.
+        // SAFETY: `base + len` is the page-aligned end of the mapping this Launcher owns;
+        // stacks grow down on x86_64 and aarch64.
         let stack_top = unsafe {
             self.base
                 .as_ptr()
                 .cast::<u8>()
-                .add(GUARD + STACK_SIZE)
+                .add(self.len())
                 .cast::<c_void>()
         };
-        let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: sigfillset and pthread_sigmask write only the sets passed to them. Blocking
-        // every signal in this thread before the clone means the child starts with them
-        // blocked, so none of orchd's handlers can run in the child (on orchd's memory) before
-        // it has reset them to the default.
+        // A child taking another uid/gid makes the memory it shares with orchd non-dumpable
+        // (the kernel's commit_creds); orchd's own setting is put back after.
+        // SAFETY: PR_GET_DUMPABLE reads a flag.
+        let dumpable = p.ids.map(|_| unsafe { libc::prctl(libc::PR_GET_DUMPABLE) });
+        // Block every signal in this thread, glibc's internal ones too (hence the raw system
+        // call), so that the child starts with all blocked and none of orchd's handlers can
+        // run in it (on orchd's memory) before it has reset them to the default.
+        let all: u64 = !0;
+        let mut old: u64 = 0;
+        // SAFETY: rt_sigprocmask reads and writes the 8-byte kernel sigsets passed.
         unsafe {
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        }
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &all as *const u64,
+                &mut old as *mut u64,
+                8usize,
+            )
+        };
         // SAFETY: `child` runs on the stack above (owned by `self`, borrowed mutably for this
         // call) and reads `args`, which outlives the clone: with CLONE_VFORK this thread is
         // suspended until the child has exec'd or exited, after which it touches neither.
@@ -175,20 +281,44 @@ impl Launcher {
         };
         let clone_error = io::Error::last_os_error();
         // SAFETY: restores the mask saved above.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &old as *const u64,
+                std::ptr::null_mut::<u64>(),
+                8usize,
+            )
+        };
+        if let Some(d @ 0..=1) = dumpable {
+            // SAFETY: PR_SET_DUMPABLE with the value read before.
+            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, d as libc::c_ulong) };
+        }
+        drop(moved);
         if pid < 0 {
             return Err(LaunchError::Clone(clone_error));
         }
         match args.error.get() {
             (_, 0) => Ok(pid),
             (step, errno) => {
-                // The child has exited (status 127): reap it here, as the caller holds the pid
-                // registry lock the reaper needs.
+                // The child has exited (status 127): reap it.
                 let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-                Err(LaunchError::Child(
-                    step,
-                    io::Error::from_raw_os_error(errno),
-                ))
+                let err = io::Error::from_raw_os_error(errno);
+                Err(match (&p.searched, step, errno) {
+                    (Some(path), Step::Exec, libc::ENOENT) => {
+                        LaunchError::NotFound(io::Error::new(
+                            io::ErrorKind::NotFound,
+                            format!("not found in PATH {path}"),
+                        ))
+                    }
+                    (Some(path), Step::Exec, libc::EACCES) => {
+                        LaunchError::NotFound(io::Error::new(
+                            io::ErrorKind::PermissionDenied,
+                            format!("not executable in PATH {path}"),
+                        ))
+                    }
+                    _ => LaunchError::Child(step, err),
+                })
             }
         }
     }
@@ -197,7 +327,7 @@ impl Launcher {
 impl Drop for Launcher {
     fn drop(&mut self) {
         // SAFETY: unmaps the mapping made in `new`, which no child uses any more.
-        let _ = unsafe { nix::sys::mman::munmap(self.base, STACK_SIZE + GUARD) };
+        let _ = unsafe { nix::sys::mman::munmap(self.base, self.len()) };
     }
 }
 
@@ -220,63 +350,17 @@ fn cstring(s: &str) -> Result<CString, LaunchError> {
     CString::new(s).map_err(|_| LaunchError::Nul(s.to_owned()))
 }
 
-/// `execvp`'s lookup, done before the clone: a name with a `/` is used as is, anything else
-/// is searched in the `PATH` of the child's environment, else orchd's, else the default.
-fn resolve(program: &str, env: &[(String, String)]) -> Result<CString, LaunchError> {
-    if program.is_empty() {
-        return Err(LaunchError::NotFound(io::Error::new(
-            io::ErrorKind::NotFound,
-            "empty program name",
-        )));
-    }
-    if program.contains('/') {
-        return cstring(program);
-    }
-    let own = std::env::var("PATH").ok();
-    let path = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.as_str())
-        .or(own.as_deref())
-        .unwrap_or("/usr/local/bin:/usr/bin:/bin");
-    let mut denied = false;
-    for dir in path.split(':') {
-        let dir = if dir.is_empty() { "." } else { dir };
-        let candidate = Path::new(dir).join(program);
-        let Ok(meta) = std::fs::metadata(&candidate) else {
-            continue;
-        };
-        if !meta.is_file() {
-            continue;
-        }
-        let c = CString::new(candidate.as_os_str().as_bytes())
-            .map_err(|_| LaunchError::Nul(candidate.display().to_string()))?;
-        // SAFETY: access() reads the NUL-terminated path only.
-        if unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0 {
-            return Ok(c);
-        }
-        denied = true;
-    }
-    let (kind, what) = if denied {
-        (io::ErrorKind::PermissionDenied, "not executable")
-    } else {
-        (io::ErrorKind::NotFound, "not found")
-    };
-    Err(LaunchError::NotFound(io::Error::new(
-        kind,
-        format!("{what} in PATH {path}"),
-    )))
-}
-
 /// The cloned child, between `clone` and `execve`, on orchd's memory.
 ///
 /// It may only make system calls that neither allocate nor lock nor touch other threads:
-/// setsid, prctl, getppid, rt_sigaction, dup2, fcntl, chdir, the raw setgroups,
-/// setgid and setuid system calls, sigprocmask, execve and _exit; and it only reads `ChildArgs`
-/// except for its `error` cell. All signals are blocked on entry (see `launch`).
+/// setsid, rt_sigaction, dup2, chdir, the raw setgroups, setgid and setuid system calls, prctl,
+/// getppid, sigprocmask, execve and _exit; it reads the prepared data and writes only its
+/// `error` cell. Nothing in it can panic. All signals are blocked on entry (see `launch`).
+#[inline(never)]
 extern "C" fn child(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the `&ChildArgs` passed to clone, alive until the parent resumes.
     let args = unsafe { &*(arg.cast_const().cast::<ChildArgs>()) };
+    let p = args.p;
     // SAFETY (whole block): each call is a plain system call wrapper on values prepared by
     // the parent; see the function comment.
     unsafe {
@@ -284,6 +368,50 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
         if libc::setsid() < 0 {
             fail(args, Step::Setup);
         }
+        // Default dispositions: handlers are reset by exec anyway, ignored signals are not.
+        // The raw system call, as glibc's `signal` refuses its reserved signals (32, 33),
+        // which orchd may have ignored too. An all-zero kernel `struct sigaction` is SIG_DFL
+        // with no flags and an empty mask on x86_64 and aarch64 (at most 32 bytes there).
+        let default = [0u64; 4];
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL
+                && sig != libc::SIGSTOP
+                && libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    default.as_ptr(),
+                    std::ptr::null_mut::<c_void>(),
+                    8usize,
+                ) < 0
+            {
+                fail(args, Step::Setup);
+            }
+        }
+        for (target, &fd) in (0..).zip(args.stdio.iter()) {
+            if libc::dup2(fd, target) < 0 {
+                fail(args, Step::Setup);
+            }
+        }
+        if let Some(dir) = &p.cwd
+            && libc::chdir(dir.as_ptr()) < 0
+        {
+            fail(args, Step::Chdir);
+        }
+        if let Some((uid, gid)) = p.ids {
+            // The raw system calls: glibc's wrappers would signal every thread of "the
+            // process", which for this child means orchd's threads.
+            if libc::syscall(
+                libc::SYS_setgroups,
+                p.groups.len() as libc::c_long,
+                p.groups.as_ptr(),
+            ) < 0
+                || libc::syscall(libc::SYS_setgid, gid as libc::c_long) < 0
+                || libc::syscall(libc::SYS_setuid, uid as libc::c_long) < 0
+            {
+                fail(args, Step::Credentials);
+            }
+        }
+        // After the credentials: changing them clears the parent-death signal.
         if libc::prctl(
             libc::PR_SET_PDEATHSIG,
             libc::SIGKILL as libc::c_ulong,
@@ -295,64 +423,44 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
             fail(args, Step::Setup);
         }
         if libc::getppid() != args.parent {
-            // orchd died between clone and prctl: don't run unsupervised.
+            // orchd died before the parent-death signal was set: don't run unsupervised.
             libc::_exit(1);
         }
-        // Default dispositions: handlers are reset by exec anyway, ignored signals are not.
-        // The raw system call, as glibc's `signal` refuses its reserved signals (32, 33),
-        // which orchd may have ignored too. An all-zero kernel `struct sigaction` is SIG_DFL
-        // with no flags and an empty mask, whatever the architecture's layout.
-        let default = [0u64; 4];
-        for sig in 1..=64 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    sig,
-                    default.as_ptr(),
-                    std::ptr::null_mut::<c_void>(),
-                    8usize,
-                );
-            }
-        }
-        for (target, &fd) in args.stdio.iter().enumerate() {
-            let target = target as c_int;
-            if fd == target {
-                // Already in place (orchd was started with that fd closed): keep it across exec.
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    fail(args, Step::Setup);
+        let empty: u64 = 0;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        );
+        // execvp's search: go on past candidates that don't exist or may not be run; report
+        // EACCES if any candidate had it, else the last error.
+        let mut denied = false;
+        for (path, sh_argv) in p.candidates.iter().zip(&p.sh_argv_p) {
+            libc::execve(path.as_ptr(), p.argv_p.as_ptr(), p.envp_p.as_ptr());
+            match *libc::__errno_location() {
+                libc::ENOEXEC => {
+                    // A script without `#!`: run it with the shell, as execvp does.
+                    libc::execve(SH.as_ptr(), sh_argv.as_ptr(), p.envp_p.as_ptr());
+                    fail(args, Step::Exec);
                 }
-            } else if libc::dup2(fd, target) < 0 {
-                fail(args, Step::Setup);
+                libc::EACCES => denied = true,
+                libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
+                _ => fail(args, Step::Exec),
             }
         }
-        if let Some(dir) = args.cwd
-            && libc::chdir(dir.as_ptr()) < 0
-        {
-            fail(args, Step::Chdir);
+        if denied {
+            *libc::__errno_location() = libc::EACCES;
         }
-        if let Some((uid, gid, groups)) = args.creds {
-            // The raw system calls: glibc's wrappers would signal every thread of "the
-            // process", which for this child means orchd's threads.
-            if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) < 0
-                || libc::syscall(libc::SYS_setgid, gid) < 0
-                || libc::syscall(libc::SYS_setuid, uid) < 0
-            {
-                fail(args, Step::Credentials);
-            }
-        }
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        libc::execve(args.path.as_ptr(), args.argv.as_ptr(), args.envp.as_ptr());
         fail(args, Step::Exec)
     }
 }
 
 /// Record errno for the parent and end the child.
 fn fail(args: &ChildArgs, step: Step) -> ! {
-    let errno = io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EINVAL);
+    // SAFETY: reads this thread's errno.
+    let errno = unsafe { *libc::__errno_location() };
     args.error
         .set((step, if errno == 0 { libc::EINVAL } else { errno }));
     // SAFETY: _exit ends only this child, without running orchd's exit handlers.
@@ -379,13 +487,22 @@ mod tests {
             .collect();
         let devnull = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-        let pid = l.launch(
-            &argv,
-            &env,
-            cwd,
-            None,
-            [devnull.as_raw_fd(), w.as_raw_fd(), devnull.as_raw_fd()],
-        )?;
+        let p = prepare(&argv, &env, cwd, None)?;
+        let stdio = [devnull.as_raw_fd(), w.as_raw_fd(), devnull.as_raw_fd()];
+        // A script another test thread has just written may still be open for writing in a
+        // child cloned meanwhile (until that child's exec closes it): ETXTBSY, retried.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let pid = loop {
+            match l.launch(&p, stdio) {
+                Err(LaunchError::Child(Step::Exec, e))
+                    if e.raw_os_error() == Some(libc::ETXTBSY)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::yield_now();
+                }
+                r => break r?,
+            }
+        };
         drop(w);
         let mut out = String::new();
         std::fs::File::from(r).read_to_string(&mut out).unwrap();
@@ -479,5 +596,61 @@ mod tests {
         unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut now) };
         assert_eq!(unsafe { libc::sigismember(&now, libc::SIGUSR1) }, 1);
         assert_eq!(unsafe { libc::sigismember(&now, libc::SIGTERM) }, 0);
+    }
+
+    #[test]
+    fn a_script_without_a_shebang_runs_with_the_shell() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("plain");
+        std::fs::write(&script, "echo \"ran with $# args: $1\"\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (code, out) = run(&[script.to_str().unwrap(), "one"], &[], None).unwrap();
+        assert_eq!((code, out.as_str()), (0, "ran with 1 args: one\n"));
+    }
+
+    #[test]
+    fn another_user_keeps_the_parent_death_signal_and_orchd_stays_dumpable() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root to change credentials");
+            return;
+        }
+        // SAFETY: PR_GET_DUMPABLE reads a flag.
+        let dumpable_before = unsafe { libc::prctl(libc::PR_GET_DUMPABLE) };
+        // The parent-death signal fires when the thread that created the child ends.
+        let pid = std::thread::spawn(|| {
+            let mut l = Launcher::new().unwrap();
+            let creds = Creds {
+                uid: Uid::from_raw(65534),
+                gid: Gid::from_raw(65534),
+                groups: vec![Gid::from_raw(65534)],
+            };
+            let p = prepare(
+                &["/bin/sleep".into(), "1000".into()],
+                &[],
+                None,
+                Some(&creds),
+            )
+            .unwrap();
+            let null = std::fs::File::open("/dev/null").unwrap();
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&null);
+            l.launch(&p, [fd, fd, fd]).unwrap()
+        })
+        .join()
+        .unwrap();
+        let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
+        assert_eq!(
+            status,
+            nix::sys::wait::WaitStatus::Signaled(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+                false
+            )
+        );
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { libc::prctl(libc::PR_GET_DUMPABLE) },
+            dumpable_before
+        );
     }
 }

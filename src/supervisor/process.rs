@@ -1,16 +1,19 @@
-//! Spawning service processes and reaping every child: the one owner of `fork` and `waitpid(-1)`.
+//! Spawning service processes and reaping every child: the one owner of process creation and
+//! `waitpid(-1)`.
 //!
 //! Two long-lived OS threads:
-//! - the **spawner** forks every service process. `PR_SET_PDEATHSIG` fires when the *thread* that
-//!   forked a child exits, so forking from a thread that lives as long as orchd means children
-//!   die with orchd and never at random.
+//! - the **spawner** starts every service process (`launch.rs`: a vfork-style clone).
+//!   `PR_SET_PDEATHSIG` fires when the *thread* that created a child exits, so creating them
+//!   from a thread that lives as long as orchd means children die with orchd and never at
+//!   random.
 //! - the **reaper** waits for SIGCHLD and loops `waitpid(-1, WNOHANG)`, handing each exit status
 //!   to the supervisor that registered the pid; orphans adopted through the subreaper are reaped
 //!   and logged.
 //!
-//! Both hold the pid registry lock across their critical section (fork+register, waitpid+lookup),
-//! so an exit can never be reaped before its pid is registered, and `std`'s own `waitpid` on a
-//! child whose exec failed never races the reaper. This lock guards only that table; no service
+//! Both hold the pid registry lock across their critical section (clone+register,
+//! waitpid+lookup), so an exit can never be reaped before its pid is registered, and the
+//! spawner's own `waitpid` on a child whose exec failed never races the reaper. Lookups and
+//! opening files happen before the lock is taken. This lock guards only that table; no service
 //! state lives behind it.
 
 use std::collections::HashMap;
@@ -25,7 +28,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Gid, Pid, Uid};
 use tokio::sync::{mpsc, oneshot};
 
-use super::launch::{Creds, LaunchError, Launcher, Step};
+use super::launch::{self, Creds, LaunchError, Launcher, Prepared, Step};
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +76,8 @@ pub enum SpawnError {
     Cgroup { path: PathBuf, source: io::Error },
     #[error("cannot run {program}: {source}")]
     Exec { program: String, source: io::Error },
+    #[error("cannot set up the process for {program}: {source}")]
+    Setup { program: String, source: io::Error },
     #[error("cannot enter working_dir {dir}: {source}")]
     WorkingDir { dir: PathBuf, source: io::Error },
     #[error("cannot take the unit's user/group (uid {uid}, gid {gid}): {source}")]
@@ -171,14 +176,15 @@ fn spawner_loop(
     mover: std::sync::mpsc::Sender<(i32, std::fs::File)>,
 ) {
     while let Ok(job) = jobs.recv() {
-        let result = {
+        let exits = job.exits;
+        let result = prepare_spawn(&job.spec).and_then(|ready| {
             let mut table = lock(&registry);
-            let result = spawn_now(&mut launcher, &job.spec);
+            let result = spawn_ready(&mut launcher, &job.spec, ready);
             if let Ok((s, _)) = &result {
-                table.insert(s.pid, job.exits);
+                table.insert(s.pid, exits);
             }
             result
-        };
+        });
         let result = result.map(|(spawned, procs)| {
             if let Some(file) = procs {
                 let _ = mover.send((spawned.pid, file));
@@ -295,10 +301,19 @@ fn resolve_creds(spec: &SpawnSpec) -> Result<Option<Creds>, SpawnError> {
     Ok(Some(Creds { uid, gid, groups }))
 }
 
-fn spawn_now(
-    launcher: &mut Launcher,
-    spec: &SpawnSpec,
-) -> Result<(Spawned, Option<std::fs::File>), SpawnError> {
+/// A spawn with everything looked up and opened, ready to be cloned.
+struct Ready {
+    prepared: Prepared,
+    creds: Option<Creds>,
+    cgroup_procs: Option<std::fs::File>,
+    devnull: OwnedFd,
+    /// (read end, write end) of the stdout and stderr pipes, when output is captured.
+    out: Option<(OwnedFd, OwnedFd)>,
+    err: Option<(OwnedFd, OwnedFd)>,
+}
+
+/// Everything that may block (user lookups, opening files), done outside the registry lock.
+fn prepare_spawn(spec: &SpawnSpec) -> Result<Ready, SpawnError> {
     let program = spec.argv.first().cloned().unwrap_or_default();
     let creds = resolve_creds(spec)?;
     // Opened here rather than in the child, so that a cgroup that is gone is reported as such
@@ -314,7 +329,7 @@ fn spawn_now(
         }
         None => None,
     };
-    let exec_error = |source| SpawnError::Exec {
+    let setup_error = |source| SpawnError::Setup {
         program: program.clone(),
         source,
     };
@@ -322,57 +337,75 @@ fn spawn_now(
         .read(true)
         .write(true)
         .open("/dev/null")
-        .map_err(exec_error)?;
-    let devnull = OwnedFd::from(devnull);
+        .map_err(setup_error)?;
     // The parent's ends are close-on-exec; dup2 makes the child's copies inheritable.
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from);
     let (out, err) = if spec.capture_output {
-        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from);
         (
-            Some(pipe().map_err(exec_error)?),
-            Some(pipe().map_err(exec_error)?),
+            Some(pipe().map_err(setup_error)?),
+            Some(pipe().map_err(setup_error)?),
         )
     } else {
         (None, None)
     };
+    let prepared = launch::prepare(&spec.argv, &spec.env, spec.cwd.as_deref(), creds.as_ref())
+        .map_err(|e| launch_error(spec, creds.as_ref(), e))?;
+    Ok(Ready {
+        prepared,
+        creds,
+        cgroup_procs,
+        devnull: OwnedFd::from(devnull),
+        out,
+        err,
+    })
+}
+
+/// Clone and exec a prepared spawn (under the registry lock).
+fn spawn_ready(
+    launcher: &mut Launcher,
+    spec: &SpawnSpec,
+    ready: Ready,
+) -> Result<(Spawned, Option<std::fs::File>), SpawnError> {
+    let null = ready.devnull.as_raw_fd();
     let stdio = [
-        devnull.as_raw_fd(),
-        out.as_ref()
-            .map_or(devnull.as_raw_fd(), |(_, w)| w.as_raw_fd()),
-        err.as_ref()
-            .map_or(devnull.as_raw_fd(), |(_, w)| w.as_raw_fd()),
+        null,
+        ready.out.as_ref().map_or(null, |(_, w)| w.as_raw_fd()),
+        ready.err.as_ref().map_or(null, |(_, w)| w.as_raw_fd()),
     ];
     let pid = launcher
-        .launch(
-            &spec.argv,
-            &spec.env,
-            spec.cwd.as_deref(),
-            creds.as_ref(),
-            stdio,
-        )
-        .map_err(|e| match e {
-            LaunchError::Nul(s) => SpawnError::Nul(s),
-            LaunchError::Child(Step::Chdir, source) => SpawnError::WorkingDir {
-                dir: spec.cwd.clone().unwrap_or_default(),
-                source,
-            },
-            LaunchError::Child(Step::Credentials, source) => SpawnError::Credentials {
-                uid: creds.as_ref().map_or(0, |c| c.uid.as_raw()),
-                gid: creds.as_ref().map_or(0, |c| c.gid.as_raw()),
-                source,
-            },
-            LaunchError::NotFound(source)
-            | LaunchError::Clone(source)
-            | LaunchError::Child(_, source) => exec_error(source),
-        })?;
+        .launch(&ready.prepared, stdio)
+        .map_err(|e| launch_error(spec, ready.creds.as_ref(), e))?;
     // The write ends (and /dev/null) close here: the service holds its own copies.
     Ok((
         Spawned {
             pid,
-            stdout: out.map(|(r, _)| r),
-            stderr: err.map(|(r, _)| r),
+            stdout: ready.out.map(|(r, _)| r),
+            stderr: ready.err.map(|(r, _)| r),
         },
-        cgroup_procs,
+        ready.cgroup_procs,
     ))
+}
+
+fn launch_error(spec: &SpawnSpec, creds: Option<&Creds>, e: LaunchError) -> SpawnError {
+    let program = spec.argv.first().cloned().unwrap_or_default();
+    match e {
+        LaunchError::Nul(s) => SpawnError::Nul(s),
+        LaunchError::Child(Step::Chdir, source) => SpawnError::WorkingDir {
+            dir: spec.cwd.clone().unwrap_or_default(),
+            source,
+        },
+        LaunchError::Child(Step::Credentials, source) => SpawnError::Credentials {
+            uid: creds.map_or(0, |c| c.uid.as_raw()),
+            gid: creds.map_or(0, |c| c.gid.as_raw()),
+            source,
+        },
+        LaunchError::Child(Step::Setup, source) | LaunchError::Clone(source) => {
+            SpawnError::Setup { program, source }
+        }
+        LaunchError::NotFound(source) | LaunchError::Child(Step::Exec, source) => {
+            SpawnError::Exec { program, source }
+        }
+    }
 }
 
 /// Send `sig` to the process group `pgid` (ESRCH — nobody left — is not an error).
