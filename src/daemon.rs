@@ -217,6 +217,12 @@ async fn notify_ready(manager: ManagerHandle) {
     }
     tracing::info!("ready");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    if let Ok(shed) = tokio::task::spawn_blocking(crate::memory::shed_startup).await {
+        tracing::debug!(
+            file_kib = shed.file_kib,
+            "unmapped the read-only file pages start-up used"
+        );
+    }
 }
 
 /// Is any service wanted up still on its way to ready?

@@ -4,6 +4,8 @@
 //! A slow subscriber lags (and is told how many events it missed) but never blocks a publisher.
 
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
 use tokio::sync::broadcast;
 
 /// What happened. Serialized with `"kind"` in snake_case for `orchctl events --json`.
@@ -98,7 +100,8 @@ impl Event {
 /// Cheap-clone publisher side of the bus.
 #[derive(Debug, Clone)]
 pub struct EventBus {
-    tx: broadcast::Sender<Event>,
+    /// `Arc`: the channel allocates all its slots up front, and each subscriber gets a clone.
+    tx: broadcast::Sender<Arc<Event>>,
 }
 
 impl EventBus {
@@ -111,11 +114,11 @@ impl EventBus {
     /// Publish a fact; having no subscriber is fine.
     pub fn publish(&self, event: Event) {
         tracing::debug!(service = %event.service, event = ?event.kind, "event");
-        let _ = self.tx.send(event);
+        let _ = self.tx.send(Arc::new(event));
     }
 
     /// A new subscriber, seeing events from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.tx.subscribe()
     }
 }
@@ -133,7 +136,8 @@ impl EventLog {
             tokio::sync::mpsc::channel::<(usize, tokio::sync::oneshot::Sender<Vec<Event>>)>(16);
         let mut events = bus.subscribe();
         tokio::spawn(async move {
-            let mut ring = std::collections::VecDeque::with_capacity(capacity);
+            // Grows with the events seen, up to `capacity`.
+            let mut ring = std::collections::VecDeque::<Arc<Event>>::new();
             loop {
                 tokio::select! {
                     ev = events.recv() => match ev {
@@ -149,7 +153,7 @@ impl EventLog {
                     q = rx.recv() => match q {
                         Some((n, reply)) => {
                             let skip = ring.len().saturating_sub(n);
-                            let _ = reply.send(ring.iter().skip(skip).cloned().collect());
+                            let _ = reply.send(ring.iter().skip(skip).map(|e| Event::clone(e)).collect());
                         }
                         None => break,
                     },

@@ -26,6 +26,7 @@
 //! - [`event`]: facts on one broadcast bus, and the recent-events log.
 //! - [`state`]: persisted per-service state, written atomically.
 //! - [`daemon`]: start-up, signals, readiness, watchdog, shutdown.
+//! - [`memory`]: giving back the binary pages and heap only start-up used.
 //! - [`ctl`]: `orchctl`'s human and JSON output.
 //! - [`manpage`]: `orchd(8)` and `orchctl(1)` from the clap definitions.
 
@@ -39,6 +40,7 @@ pub mod event;
 pub mod health;
 pub mod manager;
 pub mod manpage;
+pub mod memory;
 pub mod state;
 pub mod supervisor;
 

@@ -40,7 +40,7 @@ pub struct AlerterSpec {
     pub units: BTreeMap<String, UnitEntry>,
     pub manager: ManagerHandle,
     /// Subscribed before the services start, so no early event is missed.
-    pub events: broadcast::Receiver<Event>,
+    pub events: broadcast::Receiver<std::sync::Arc<Event>>,
 }
 
 struct Alerter {
@@ -95,7 +95,7 @@ fn until(t: SystemTime) -> Instant {
 impl Alerter {
     async fn run(
         mut self,
-        mut events: broadcast::Receiver<Event>,
+        mut events: broadcast::Receiver<std::sync::Arc<Event>>,
         mut rx: mpsc::UnboundedReceiver<Cmd>,
     ) {
         loop {
@@ -109,7 +109,7 @@ impl Alerter {
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
                 ev = events.recv() => match ev {
-                    Ok(ev) => self.on_event(ev).await,
+                    Ok(ev) => self.on_event(std::sync::Arc::unwrap_or_clone(ev)).await,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "alerter fell behind the event bus; some events were not considered");
                     }

@@ -118,7 +118,7 @@ async fn deploy(
     let (reply, accepted) = tokio::sync::oneshot::channel();
     let release = req.release.clone();
     if !sup.send(SupCommand::Deploy {
-        request: req,
+        request: Box::new(req),
         progress,
         reply,
     }) {
@@ -320,7 +320,7 @@ async fn events(
     let mut live = ctx.bus.subscribe();
     loop {
         let item = match live.recv().await {
-            Ok(ev) => json!({ "event": ev }),
+            Ok(ev) => json!({ "event": *ev }),
             Err(broadcast::error::RecvError::Lagged(n)) => json!({ "skipped": n }),
             Err(broadcast::error::RecvError::Closed) => {
                 return Ok(json!({ "end": "orchd is stopping" }));

@@ -189,7 +189,7 @@ impl Prober {
         schedule: Schedule,
         clients: ProbeClients,
         tag: u64,
-        results: mpsc::Sender<(u64, ProbeResult)>,
+        results: mpsc::Sender<(u64, Box<ProbeResult>)>,
         cancel: CancellationToken,
     ) {
         tokio::spawn(async move {
@@ -206,7 +206,7 @@ impl Prober {
                     _ = cancel.cancelled() => return,
                     r = run_probe(&target, schedule.timeout, &clients) => r,
                 };
-                if results.send((tag, result)).await.is_err() {
+                if results.send((tag, Box::new(result))).await.is_err() {
                     return;
                 }
             }

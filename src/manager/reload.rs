@@ -117,12 +117,14 @@ impl Manager {
                 unit: current,
             }) = self.services.get_mut(name)
             {
-                handle.send(supervisor::Command::Reconfigure {
-                    unit: unit.clone(),
-                    deps,
-                    restart,
-                    release: release.clone(),
-                });
+                handle.send(supervisor::Command::Reconfigure(Box::new(
+                    supervisor::Reconfigure {
+                        unit: unit.clone(),
+                        deps,
+                        restart,
+                        release: release.clone(),
+                    },
+                )));
                 *current = unit;
             }
         }

@@ -41,8 +41,9 @@ pub struct LogLine {
     pub seq: u64,
 }
 
+/// Lines are boxed: every slot of the hub's queue is as large as the largest command.
 enum Cmd {
-    Line(LogLine),
+    Line(Box<LogLine>),
     Tail {
         n: usize,
         reply: oneshot::Sender<Vec<LogLine>>,
@@ -92,13 +93,13 @@ impl LogHub {
 
     /// Record a line orchd itself writes into the service's log (e.g. "[orchd] started").
     pub fn note(&self, pid: i32, text: String) {
-        let _ = self.tx.try_send(Cmd::Line(LogLine {
+        let _ = self.tx.try_send(Cmd::Line(Box::new(LogLine {
             time: now(),
             stream: Stream::Stderr,
             pid,
             line: text,
             seq: 0,
-        }));
+        })));
     }
 
     /// Read `fd` (a pipe from the service) until EOF, in its own task.
@@ -199,7 +200,7 @@ impl LogHub {
                 line: note,
                 seq: 0,
             };
-            if self.tx.try_send(Cmd::Line(line)).is_ok() {
+            if self.tx.try_send(Cmd::Line(Box::new(line))).is_ok() {
                 *dropped = 0;
             }
         }
@@ -210,7 +211,7 @@ impl LogHub {
             line: text,
             seq: 0,
         };
-        if self.tx.try_send(Cmd::Line(line)).is_err() {
+        if self.tx.try_send(Cmd::Line(Box::new(line))).is_err() {
             *dropped += 1;
         }
     }
@@ -227,7 +228,8 @@ async fn run_hub(mut rx: mpsc::Receiver<Cmd>, service: Arc<str>, journal: Option
     let mut follow: Option<broadcast::Sender<LogLine>> = None;
     while let Some(cmd) = rx.recv().await {
         match cmd {
-            Cmd::Line(mut line) => {
+            Cmd::Line(line) => {
+                let mut line = *line;
                 seq += 1;
                 line.seq = seq;
                 match &journal {

@@ -161,7 +161,7 @@ pub enum Command {
     /// Deploy a release; progress and the result go to `progress`. The reply is the deploy
     /// id once accepted, or why not (another deploy holds the service).
     Deploy {
-        request: DeployRequest,
+        request: Box<DeployRequest>,
         progress: mpsc::UnboundedSender<DeployMsg>,
         reply: oneshot::Sender<Result<String, crate::api::proto::ApiError>>,
     },
@@ -170,14 +170,20 @@ pub enum Command {
     Rollback {
         reply: oneshot::Sender<Option<serde_json::Value>>,
     },
-    /// A reload changed the unit; `restart` says whether the process must be restarted.
-    Reconfigure {
-        unit: Arc<Unit>,
-        deps: Vec<DepWatch>,
-        restart: bool,
-        /// The release to run from now on (the unit's, unless a deploy chose one).
-        release: String,
-    },
+    /// A reload changed the unit.
+    Reconfigure(Box<Reconfigure>),
+}
+
+/// A changed unit for a running supervisor (boxed in [`Command`], whose every queued slot is
+/// as large as its largest variant).
+#[derive(Debug)]
+pub struct Reconfigure {
+    pub unit: Arc<Unit>,
+    pub deps: Vec<DepWatch>,
+    /// Whether the process must be restarted.
+    pub restart: bool,
+    /// The release to run from now on (the unit's, unless a deploy chose one).
+    pub release: String,
 }
 
 /// What to deploy, and who asked.
