@@ -170,8 +170,13 @@ _idle() {
     local p=$ORCHD_PID out=$1
     sleep 2
     cpu() { awk '{print $14+$15}' "/proc/$p/stat"; }
-    sched() { cat /proc/"$p"/task/*/schedstat | awk '{s+=$1} END {print s}'; }
-    ctxt() { cat /proc/"$p"/task/*/status | awk '/^(non)?voluntary_ctxt_switches/ {s+=$2} END {print s}'; }
+    # Per thread ("tid value" lines), so that a thread that ends during the window (tokio's
+    # blocking threads end after 10 s idle) is not counted as negative time; its share of the
+    # window is in cpu_ticks_ms (/proc/PID/stat keeps the time of ended threads).
+    sched() { for t in /proc/"$p"/task/*; do echo "${t##*/} $(cut -d' ' -f1 "$t/schedstat" 2>/dev/null)"; done; }
+    ctxt() { for t in /proc/"$p"/task/*; do echo "${t##*/} $(awk '/^(non)?voluntary_ctxt_switches/ {s+=$2} END {print s}' "$t/status" 2>/dev/null)"; done; }
+    # delta BEFORE AFTER: sum over the threads alive at the end of (after - before, or after).
+    delta() { awk 'NR==FNR {b[$1]=$2; next} $2 != "" {s += $2 - ($1 in b ? b[$1] : 0)} END {print s+0}' <(echo "$1") <(echo "$2"); }
     {
         echo "threads $(ls /proc/"$p"/task | wc -l)"
         awk '/^(Rss|Pss|Pss_Anon|Pss_File|Private_Dirty):/ {print $1, $2}' "/proc/$p/smaps_rollup" | sed 's/://'
@@ -181,8 +186,8 @@ _idle() {
         sleep "$IDLE_SECONDS"
         c1=$(cpu) s1=$(sched) x1=$(ctxt)
         echo "cpu_ticks_ms $(((c1 - c0) * 1000 / hz))"
-        echo "cpu_sched_ms $(awk -v a="$s0" -v b="$s1" 'BEGIN {printf "%.2f", (b-a)/1e6}')"
-        echo "ctxt_switches $((x1 - x0))"
+        echo "cpu_sched_ms $(delta "$s0" "$s1" | awk '{printf "%.2f", $1/1e6}')"
+        echo "ctxt_switches $(delta "$x0" "$x1")"
         echo "Pss_after $(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup")"
     } >"$out"
     # For the diagnosis: the biggest mappings by Pss.

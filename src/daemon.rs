@@ -217,12 +217,17 @@ async fn notify_ready(manager: ManagerHandle) {
     }
     tracing::info!("ready");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    if let Ok(shed) = tokio::task::spawn_blocking(crate::memory::shed_startup).await {
-        tracing::debug!(
-            file_kib = shed.file_kib,
-            "unmapped the read-only file pages start-up used"
-        );
-    }
+    // On a thread of its own that ends right after (a blocking-pool thread would linger idle
+    // for 10 s): it reads /proc/self/smaps, a few milliseconds.
+    let _ = std::thread::Builder::new()
+        .name("orch-shed".into())
+        .spawn(|| {
+            let shed = crate::memory::shed_startup();
+            tracing::debug!(
+                file_kib = shed.file_kib,
+                "unmapped the read-only file pages start-up used"
+            );
+        });
 }
 
 /// Is any service wanted up still on its way to ready?
