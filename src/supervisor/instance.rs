@@ -84,7 +84,7 @@ impl Supervisor {
     }
 
     /// Sweep the leftovers of ended instances (see [`Sweep::kill`]) on the blocking pool.
-    /// Called once a step's actions are done, so that a restart's fork has happened first.
+    /// Called once a step's actions are done, so that a restart's spawn has happened first.
     pub(super) fn start_sweeps(&mut self) {
         for sweep in self.sweeps.drain(..) {
             let service = self.unit.name.clone();

@@ -145,7 +145,7 @@ pub(super) struct Supervisor {
     pub(super) advancing: bool,
     /// Gets a copy of the current deploy's final result (for an instant rollback's reply).
     pub(super) final_tap: Option<tokio::sync::oneshot::Sender<serde_json::Value>>,
-    /// Leftovers of ended instances still to be swept (see [`Supervisor::kill_all`]).
+    /// Leftovers of ended instances still to be swept (see [`Sweep::kill`]).
     pub(super) sweeps: Vec<Sweep>,
 }
 
