@@ -15,7 +15,7 @@
 //! tasks read the active backend from a `watch` and count their slot's open connections and
 //! in-flight requests in [`SlotStats`], which draining reads.
 //!
-//! Connections are served on the proxy's own threads ([`workers`]), one single-threaded tokio
+//! Connections are served on the proxy's own threads (`workers`), one single-threaded tokio
 //! runtime per CPU like nginx's worker processes: the accept loop hands each accepted
 //! connection to the next worker, which serves it start to finish, so a request never crosses
 //! threads. An HTTP/1 client connection keeps one upstream connection of its own; HTTP/2

@@ -91,7 +91,7 @@ impl LogHub {
         rx.await.ok()
     }
 
-    /// Record a line orchd itself writes into the service's log (e.g. "[orchd] started").
+    /// Record a line orchd itself writes into the service's log (e.g. `"[orchd] started"`).
     pub fn note(&self, pid: i32, text: String) {
         let _ = self.tx.try_send(Cmd::Line(Box::new(LogLine {
             time: now(),

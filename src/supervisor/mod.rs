@@ -1,6 +1,6 @@
 //! Per-service supervision: one task per service owns its state machine and instances.
 //!
-//! The manager creates a [`Supervisor`] per unit and talks to it through a [`SupervisorHandle`]
+//! The manager creates a supervisor task per unit and talks to it through a [`SupervisorHandle`]
 //! (commands over `mpsc`, the latest [`ServiceStatus`] from a `watch`). The task feeds inputs
 //! (commands, exits from the reaper, deadlines, dependency changes) to the pure
 //! [`state::Machine`] and performs the actions it returns.
