@@ -48,7 +48,7 @@ fn main() -> ExitCode {
     if args.check {
         return check(&args.config);
     }
-    // Before any thread exists (tracing and tokio start some): see its comment.
+    // Before any thread exists (the tokio runtime starts them): see its comment.
     orch::supervisor::process::block_sigchld();
     init_tracing();
     match run(args) {
