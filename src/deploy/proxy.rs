@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::client::legacy::Client;
@@ -40,8 +40,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProxyMode;
-
-type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Where requests go now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -504,11 +502,7 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
 }
 
 fn plain(status: StatusCode, text: &str) -> Response<Body> {
-    let mut r = Response::new(
-        Full::new(Bytes::from(text.to_owned()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut r = Response::new(Body::full(Bytes::from(text.to_owned())));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -587,28 +581,34 @@ async fn forward(mut req: Request<Incoming>, conn: Arc<ClientConn>) -> Response<
             | http::Method::PUT
             | http::Method::DELETE
     );
-    let retry_parts = (bodyless && idempotent && !upgrade).then(|| clone_parts(&parts));
-    let req = Request::from_parts(parts, body.boxed());
+    let template = (bodyless && idempotent && !upgrade).then(|| Template::of(&parts));
+    let req = Request::from_parts(parts, Body::streamed(body));
     let first = if own {
         send_own(&conn, backend, req).await
     } else {
         client().request(req).await.map_err(|e| e.to_string())
     };
-    let mut resp = match (first, retry_parts) {
-        (Ok(r), None) => r,
-        (Err(e), None) => {
-            tracing::warn!(service = %ctx.service, backend = %backend.addr, error = %e, "proxy request failed");
-            return plain(StatusCode::BAD_GATEWAY, "the service did not answer\n");
-        }
-        (first, Some(template)) => {
-            return match with_retries(ctx, backend, template, first).await {
-                Ok(r) => guarded(r, guard),
-                Err(e) => {
-                    tracing::warn!(service = %ctx.service, error = %e, "proxy request failed after retries");
-                    plain(StatusCode::BAD_GATEWAY, "the service did not answer\n")
+    // Outside a deploy's guarded window a response is streamed as it comes (the template was
+    // for a failure); otherwise a failure, or a small response, goes through the retries.
+    let mut resp = match first {
+        Ok(r) if template.is_none() || !ctx.stats.guarded.load(Ordering::Relaxed) => r,
+        first => match template {
+            None => {
+                if let Err(e) = &first {
+                    tracing::warn!(service = %ctx.service, backend = %backend.addr, error = %e, "proxy request failed");
                 }
-            };
-        }
+                return plain(StatusCode::BAD_GATEWAY, "the service did not answer\n");
+            }
+            Some(template) => {
+                return match with_retries(ctx, backend, template, first).await {
+                    Ok(r) => guarded(r, guard),
+                    Err(e) => {
+                        tracing::warn!(service = %ctx.service, error = %e, "proxy request failed after retries");
+                        plain(StatusCode::BAD_GATEWAY, "the service did not answer\n")
+                    }
+                };
+            }
+        },
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
@@ -622,10 +622,7 @@ async fn forward(mut req: Request<Incoming>, conn: Arc<ClientConn>) -> Response<
                 }
             });
             let (parts, _) = resp.into_parts();
-            return Response::from_parts(
-                parts,
-                Empty::new().map_err(|never| match never {}).boxed(),
-            );
+            return Response::from_parts(parts, Body::Empty);
         }
     }
     guarded(resp, guard)
@@ -643,14 +640,14 @@ const RETRY_WAIT: Duration = Duration::from_secs(2);
 async fn with_retries(
     ctx: &Ctx,
     mut backend: Backend,
-    template: http::request::Parts,
+    template: Template,
     first: Result<Response<Incoming>, String>,
 ) -> Result<Response<Body>, String> {
     let mut result = first;
     for attempt in 0..3 {
         let err = match result {
             Ok(resp) if !ctx.stats.guarded.load(Ordering::Relaxed) => {
-                return Ok(resp.map(BodyExt::boxed));
+                return Ok(resp.map(Body::streamed));
             }
             Ok(resp) => match buffer_small(resp).await {
                 Ok(resp) => return Ok(resp),
@@ -669,15 +666,9 @@ async fn with_retries(
             return Err(err);
         };
         backend = now;
-        let mut parts = clone_parts(&template);
-        parts.uri = upstream_uri(&parts.uri, backend).ok_or_else(|| err.clone())?;
-        let empty = Empty::<Bytes>::new()
-            .map_err(|never| match never {})
-            .boxed();
-        result = client()
-            .request(Request::from_parts(parts, empty))
-            .await
-            .map_err(|e| e.to_string());
+        let uri = upstream_uri(&template.uri, backend).ok_or_else(|| err.clone())?;
+        let req = template.request(uri);
+        result = client().request(req).await.map_err(|e| e.to_string());
     }
     Err("no attempt left".into())
 }
@@ -690,7 +681,7 @@ async fn buffer_small(resp: Response<Incoming>) -> Result<Response<Body>, String
         .and_then(|v| v.parse::<u64>().ok())
         .is_some_and(|n| n <= BUFFER_MAX);
     if !small {
-        return Ok(resp.map(BodyExt::boxed));
+        return Ok(resp.map(Body::streamed));
     }
     let (parts, body) = resp.into_parts();
     let bytes = body
@@ -698,26 +689,13 @@ async fn buffer_small(resp: Response<Incoming>) -> Result<Response<Body>, String
         .await
         .map_err(|e| format!("reading the response: {e}"))?
         .to_bytes();
-    Ok(Response::from_parts(
-        parts,
-        Full::new(bytes).map_err(|never| match never {}).boxed(),
-    ))
+    Ok(Response::from_parts(parts, Body::full(bytes)))
 }
 
-fn guarded<B>(resp: Response<B>, guard: OpenGuard) -> Response<Body>
-where
-    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Send + Sync + Unpin + 'static,
-{
+fn guarded<B: Into<Body>>(resp: Response<B>, guard: OpenGuard) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(
-        parts,
-        GuardedBody {
-            inner: body,
-            _guard: guard,
-        }
-        .boxed(),
-    )
+    Response::from_parts(parts, body.into().with_guard(guard))
 }
 
 /// The request's path and query ("/" when it has none).
@@ -743,45 +721,116 @@ fn upstream_uri(uri: &http::Uri, backend: Backend) -> Option<http::Uri> {
     http::Uri::from_parts(parts).ok()
 }
 
-fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
-    let mut b = Request::builder()
-        .method(p.method.clone())
-        .uri(p.uri.clone())
-        .version(p.version);
-    if let Some(h) = b.headers_mut() {
-        *h = p.headers.clone();
+/// What it takes to send a bodyless request again: made before the first attempt, which
+/// consumes the request.
+struct Template {
+    method: http::Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+}
+
+impl Template {
+    fn of(p: &http::request::Parts) -> Template {
+        Template {
+            method: p.method.clone(),
+            uri: p.uri.clone(),
+            headers: p.headers.clone(),
+        }
     }
-    // Building from cloned, already-valid parts cannot fail.
-    b.body(())
-        .map(|r| r.into_parts().0)
-        .unwrap_or_else(|_| Request::new(()).into_parts().0)
+
+    /// The request again (HTTP/1.1, no body), to `uri`.
+    fn request(&self, uri: http::Uri) -> Request<Body> {
+        let mut req = Request::new(Body::Empty);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
 }
 
-/// A response body that keeps its slot's in-flight count until it is fully sent (or dropped).
-struct GuardedBody<B> {
-    inner: B,
-    _guard: OpenGuard,
+/// Every body the proxy passes on or makes, without a box per message. A response's body
+/// keeps its slot's in-flight count (`guard`) until it is fully sent (or dropped).
+enum Body {
+    /// A request body passed on, or a response streamed from the backend.
+    Streamed {
+        inner: Incoming,
+        _guard: Option<OpenGuard>,
+    },
+    /// A response of orchd's own, or one read whole before it is passed on.
+    Full {
+        inner: Full<Bytes>,
+        _guard: Option<OpenGuard>,
+    },
+    Empty,
 }
 
-impl<B> hyper::body::Body for GuardedBody<B>
-where
-    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Unpin,
-{
+impl Body {
+    fn streamed(inner: Incoming) -> Body {
+        Body::Streamed {
+            inner,
+            _guard: None,
+        }
+    }
+
+    fn full(bytes: Bytes) -> Body {
+        Body::Full {
+            inner: Full::new(bytes),
+            _guard: None,
+        }
+    }
+
+    fn with_guard(self, guard: OpenGuard) -> Body {
+        match self {
+            Body::Streamed { inner, .. } => Body::Streamed {
+                inner,
+                _guard: Some(guard),
+            },
+            Body::Full { inner, .. } => Body::Full {
+                inner,
+                _guard: Some(guard),
+            },
+            // Nothing left to send: the request is done.
+            Body::Empty => Body::Empty,
+        }
+    }
+}
+
+impl From<Incoming> for Body {
+    fn from(inner: Incoming) -> Body {
+        Body::streamed(inner)
+    }
+}
+
+impl hyper::body::Body for Body {
     type Data = Bytes;
     type Error = hyper::Error;
 
     fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+        match self.get_mut() {
+            Body::Streamed { inner, .. } => std::pin::Pin::new(inner).poll_frame(cx),
+            Body::Full { inner, .. } => std::pin::Pin::new(inner)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+            Body::Empty => std::task::Poll::Ready(None),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self {
+            Body::Streamed { inner, .. } => inner.is_end_stream(),
+            Body::Full { inner, .. } => inner.is_end_stream(),
+            Body::Empty => true,
+        }
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
+        match self {
+            Body::Streamed { inner, .. } => inner.size_hint(),
+            Body::Full { inner, .. } => inner.size_hint(),
+            Body::Empty => hyper::body::SizeHint::with_exact(0),
+        }
     }
 }
