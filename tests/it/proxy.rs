@@ -182,3 +182,62 @@ fn a_kept_alive_connection_follows_the_switch_on_its_next_request() {
     assert!(out.status.success(), "{}", text(&out.stdout));
     assert_eq!(get_on(&mut c, &mut r), "v1\n");
 }
+
+#[test]
+fn large_bodies_pass_both_ways_on_a_kept_alive_connection() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (_s, _o) = proxied(&listen);
+    let mut conn = TcpStream::connect(&listen).expect("connect to the proxy");
+    conn.set_read_timeout(Some(T)).unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    // Read one response (Content-Length framed) off the kept-alive connection.
+    let mut response = || -> (String, Vec<u8>) {
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        (status.trim_end().to_owned(), body)
+    };
+    // Several times over the same client connection (and so the same upstream connection):
+    // an upload of 3 MiB echoed back, then a 5 MiB download, then a small request.
+    for round in 0..3 {
+        let upload: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+        write!(
+            conn,
+            "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            upload.len()
+        )
+        .unwrap();
+        conn.write_all(&upload).unwrap();
+        let (status, body) = response();
+        assert_eq!(status, "HTTP/1.1 200 OK", "round {round}");
+        assert!(
+            body == upload,
+            "round {round}: the echo differs ({} bytes)",
+            body.len()
+        );
+        let n = 5 * 1024 * 1024 + 7;
+        write!(conn, "GET /big?n={n} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let (status, body) = response();
+        assert_eq!(status, "HTTP/1.1 200 OK", "round {round}");
+        assert_eq!(body.len(), n, "round {round}");
+        assert!(body.chunks(10).all(|c| b"0123456789".starts_with(c)));
+        write!(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let (status, body) = response();
+        assert_eq!(
+            (status.as_str(), body.as_slice()),
+            ("HTTP/1.1 200 OK", &b"v1\n"[..])
+        );
+    }
+}

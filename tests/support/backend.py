@@ -4,6 +4,8 @@
 Listens on 127.0.0.1:$PORT, answers every request with "$ORCH_RELEASE\n"
 (HTTP/1.1 keep-alive), except:
   GET /headers                       -> the request's headers as a JSON object (lower-case names)
+  GET /big?n=N                       -> N bytes ("0123456789" repeated), Content-Length
+  POST (any path)                    -> the request body (Content-Length) echoed back
   Connection: upgrade, Upgrade: echo -> 101 Switching Protocols, then echoes raw bytes until EOF
 Controlled by files in the directory given as argv[1]:
   fail-health-<release>  -> GET /health answers 500
@@ -52,6 +54,14 @@ class Handler(BaseHTTPRequestHandler):
                 self.connection.sendall(chunk)
             self.close_connection = True
             return
+        if self.path.startswith("/big?n="):
+            n = int(self.path.split("=", 1)[1])
+            body = (b"0123456789" * (n // 10 + 1))[:n]
+            self.send_response(200)
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         if self.path == "/headers":
             body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
             self.send_response(200)
@@ -71,6 +81,13 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     do_HEAD = do_GET
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, *args):
         pass
