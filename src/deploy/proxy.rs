@@ -380,7 +380,7 @@ struct ClientConn {
     route: std::sync::Mutex<(watch::Receiver<Option<Backend>>, Option<Backend>)>,
     /// Its own upstream connection (HTTP/1 clients): their requests come one at a time, so one
     /// upstream connection serves them all, with no pool to check out from and return to.
-    upstream: std::sync::Mutex<Option<Upstream>>,
+    upstream: std::sync::Mutex<Option<(Backend, http1::SendRequest<Body>)>>,
 }
 
 impl ClientConn {
@@ -397,63 +397,25 @@ impl ClientConn {
 
     /// The upstream connection kept for `backend`, if any (one kept for another backend, from
     /// before a switch, is dropped: that closes it).
-    fn take_upstream(&self, backend: Backend) -> Option<Upstream> {
+    fn take_upstream(&self, backend: Backend) -> Option<http1::SendRequest<Body>> {
         // Held for the swap only; poisoning cannot leave it inconsistent.
         let mut kept = self.upstream.lock().unwrap_or_else(|p| p.into_inner());
         match kept.take() {
-            Some(up) if up.backend == backend => Some(up),
+            Some((b, sender)) if b == backend => Some(sender),
             _ => None,
         }
     }
 
-    fn keep_upstream(&self, up: Upstream) {
-        *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = Some(up);
+    fn keep_upstream(&self, backend: Backend, sender: http1::SendRequest<Body>) {
+        *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = Some((backend, sender));
     }
-}
-
-/// hyper's HTTP/1 client connection: the future that does its I/O.
-type UpConnection = http1::Connection<TokioIo<TcpStream>, Body>;
-
-/// The I/O side of an upstream connection, driven by whoever waits on it (the request being
-/// sent, then its response body) instead of a task of its own: one task per client
-/// connection does all the work, with no wake-ups between tasks. `None` once it has ended.
-#[derive(Clone)]
-struct Driver(Arc<std::sync::Mutex<Option<UpConnection>>>);
-
-impl Driver {
-    /// Let the connection make progress (read, write); it registers `cx`'s waker.
-    fn drive(&self, cx: &mut std::task::Context<'_>) {
-        // Only this client connection's task polls it; poisoning cannot leave it inconsistent.
-        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(conn) = slot.as_mut()
-            && std::pin::Pin::new(conn).poll(cx).is_ready()
-        {
-            *slot = None;
-        }
-    }
-
-    /// `fut`, with the connection driven while it waits.
-    async fn run<F: std::future::Future + Unpin>(&self, mut fut: F) -> F::Output {
-        std::future::poll_fn(|cx| {
-            self.drive(cx);
-            std::pin::Pin::new(&mut fut).poll(cx)
-        })
-        .await
-    }
-}
-
-/// A client connection's own upstream connection.
-struct Upstream {
-    backend: Backend,
-    sender: http1::SendRequest<Body>,
-    driver: Driver,
 }
 
 /// How long connecting to a backend may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A new upstream HTTP/1 connection to `backend`.
-async fn connect(backend: Backend) -> Result<Upstream, String> {
+/// A new upstream HTTP/1 connection to `backend`; its task runs on this worker.
+async fn connect(backend: Backend) -> Result<http1::SendRequest<Body>, String> {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await
     {
         Ok(Ok(s)) => s,
@@ -464,36 +426,26 @@ async fn connect(backend: Backend) -> Result<Upstream, String> {
     let (sender, conn) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("HTTP handshake with {}: {e}", backend.addr))?;
-    Ok(Upstream {
-        backend,
-        sender,
-        driver: Driver(Arc::new(std::sync::Mutex::new(Some(conn)))),
-    })
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
 }
 
 /// Send a request (origin-form URI) to `backend` on the client connection's own upstream
 /// connection, or on a new one if there is none, it is closed, or it closed before taking the
-/// request. The response body drives the connection as it is read.
+/// request.
 async fn send_own(
     conn: &ClientConn,
     backend: Backend,
     mut req: Request<Body>,
-) -> Result<Response<Body>, String> {
-    if let Some(mut up) = conn.take_upstream(backend) {
-        let ready = up
-            .driver
-            .run(std::future::poll_fn(|cx| up.sender.poll_ready(cx)))
-            .await;
-        if ready.is_ok() {
-            let sent = up
-                .driver
-                .run(Box::pin(up.sender.try_send_request(req)))
-                .await;
-            match sent {
+) -> Result<Response<Incoming>, String> {
+    if let Some(mut sender) = conn.take_upstream(backend) {
+        if sender.ready().await.is_ok() {
+            match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    let driver = up.driver.clone();
-                    conn.keep_upstream(up);
-                    return Ok(resp.map(|b| Body::driven(b, driver)));
+                    conn.keep_upstream(backend, sender);
+                    return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
@@ -502,15 +454,10 @@ async fn send_own(
             }
         }
     }
-    let mut up = connect(backend).await?;
-    let resp = up
-        .driver
-        .run(Box::pin(up.sender.send_request(req)))
-        .await
-        .map_err(|e| e.to_string())?;
-    let driver = up.driver.clone();
-    conn.keep_upstream(up);
-    Ok(resp.map(|b| Body::driven(b, driver)))
+    let mut sender = connect(backend).await?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    conn.keep_upstream(backend, sender);
+    Ok(resp)
 }
 
 const HOP_BY_HOP: &[header::HeaderName] = &[
@@ -639,11 +586,7 @@ async fn forward(mut req: Request<Incoming>, conn: Arc<ClientConn>) -> Response<
     let first = if own {
         send_own(&conn, backend, req).await
     } else {
-        client()
-            .request(req)
-            .await
-            .map(|r| r.map(Body::streamed))
-            .map_err(|e| e.to_string())
+        client().request(req).await.map_err(|e| e.to_string())
     };
     // Outside a deploy's guarded window a response is streamed as it comes (the template was
     // for a failure); otherwise a failure, or a small response, goes through the retries.
@@ -698,12 +641,14 @@ async fn with_retries(
     ctx: &Ctx,
     mut backend: Backend,
     template: Template,
-    first: Result<Response<Body>, String>,
+    first: Result<Response<Incoming>, String>,
 ) -> Result<Response<Body>, String> {
     let mut result = first;
     for attempt in 0..3 {
         let err = match result {
-            Ok(resp) if !ctx.stats.guarded.load(Ordering::Relaxed) => return Ok(resp),
+            Ok(resp) if !ctx.stats.guarded.load(Ordering::Relaxed) => {
+                return Ok(resp.map(Body::streamed));
+            }
             Ok(resp) => match buffer_small(resp).await {
                 Ok(resp) => return Ok(resp),
                 Err(e) => e,
@@ -723,16 +668,12 @@ async fn with_retries(
         backend = now;
         let uri = upstream_uri(&template.uri, backend).ok_or_else(|| err.clone())?;
         let req = template.request(uri);
-        result = client()
-            .request(req)
-            .await
-            .map(|r| r.map(Body::streamed))
-            .map_err(|e| e.to_string());
+        result = client().request(req).await.map_err(|e| e.to_string());
     }
     Err("no attempt left".into())
 }
 
-async fn buffer_small(resp: Response<Body>) -> Result<Response<Body>, String> {
+async fn buffer_small(resp: Response<Incoming>) -> Result<Response<Body>, String> {
     let small = resp
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -740,7 +681,7 @@ async fn buffer_small(resp: Response<Body>) -> Result<Response<Body>, String> {
         .and_then(|v| v.parse::<u64>().ok())
         .is_some_and(|n| n <= BUFFER_MAX);
     if !small {
-        return Ok(resp);
+        return Ok(resp.map(Body::streamed));
     }
     let (parts, body) = resp.into_parts();
     let bytes = body
@@ -813,8 +754,6 @@ enum Body {
     /// A request body passed on, or a response streamed from the backend.
     Streamed {
         inner: Incoming,
-        /// The upstream connection that feeds `inner`, when no task of its own does.
-        driver: Option<Driver>,
         _guard: Option<OpenGuard>,
     },
     /// A response of orchd's own, or one read whole before it is passed on.
@@ -829,15 +768,6 @@ impl Body {
     fn streamed(inner: Incoming) -> Body {
         Body::Streamed {
             inner,
-            driver: None,
-            _guard: None,
-        }
-    }
-
-    fn driven(inner: Incoming, driver: Driver) -> Body {
-        Body::Streamed {
-            inner,
-            driver: Some(driver),
             _guard: None,
         }
     }
@@ -851,9 +781,8 @@ impl Body {
 
     fn with_guard(self, guard: OpenGuard) -> Body {
         match self {
-            Body::Streamed { inner, driver, .. } => Body::Streamed {
+            Body::Streamed { inner, .. } => Body::Streamed {
                 inner,
-                driver,
                 _guard: Some(guard),
             },
             Body::Full { inner, .. } => Body::Full {
@@ -881,12 +810,7 @@ impl hyper::body::Body for Body {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            Body::Streamed { inner, driver, .. } => {
-                if let Some(d) = driver {
-                    d.drive(cx);
-                }
-                std::pin::Pin::new(inner).poll_frame(cx)
-            }
+            Body::Streamed { inner, .. } => std::pin::Pin::new(inner).poll_frame(cx),
             Body::Full { inner, .. } => std::pin::Pin::new(inner)
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
