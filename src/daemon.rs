@@ -224,8 +224,8 @@ async fn notify_ready(manager: ManagerHandle) {
         .spawn(|| {
             let shed = crate::memory::shed_startup();
             tracing::debug!(
-                file_kib = shed.file_kib,
-                "unmapped the read-only file pages start-up used"
+                binary_kib = shed.binary_kib,
+                "unmapped the binary pages start-up used"
             );
         });
 }
