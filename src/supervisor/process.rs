@@ -124,9 +124,7 @@ impl Spawner {
             .spawn(move || {
                 // Where orchd blocked SIGCHLD in every other thread (`block_sigchld`), the
                 // kernel delivers it to this one, already waiting: one wake-up less per exit.
-                let mut chld = nix::sys::signal::SigSet::empty();
-                chld.add(Signal::SIGCHLD);
-                let _ = chld.thread_unblock();
+                let _ = sigchld().thread_unblock();
                 reap_all(&registry);
                 for _ in signals.forever() {
                     reap_all(&registry);
@@ -154,9 +152,13 @@ impl Spawner {
 /// so each exit wakes the reaper directly instead of whichever thread the kernel picked, which
 /// then had to wake the reaper. (Without it everything still works, one hop slower.)
 pub fn block_sigchld() {
-    let mut chld = nix::sys::signal::SigSet::empty();
-    chld.add(Signal::SIGCHLD);
-    let _ = chld.thread_block();
+    let _ = sigchld().thread_block();
+}
+
+fn sigchld() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    set
 }
 
 fn lock(

@@ -18,6 +18,14 @@ fn health_of(o: &Orchd, name: &str) -> String {
         .to_owned()
 }
 
+/// The detail of `name`'s last failed probe ("" if none).
+fn failure_detail(o: &Orchd, name: &str) -> String {
+    o.status(name)["last_failure"]["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 fn wait_health(o: &Orchd, name: &str, want: &str) {
     let mut last = String::new();
     let deadline = Instant::now() + T;
@@ -351,10 +359,7 @@ fn http_probe_of_a_closed_port_says_connection_refused() {
     );
     let o = s.start();
     wait_health(&o, "gone", "unhealthy");
-    let detail = o.status("gone")["last_failure"]["detail"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let detail = failure_detail(&o, "gone");
     assert!(
         detail.starts_with(&format!(
             "GET http://127.0.0.1:{port}/health: connect to 127.0.0.1:{port}: Connection refused"
@@ -378,10 +383,7 @@ fn https_probe_of_a_self_signed_endpoint_needs_insecure() {
     let o = s.start();
     wait_health(&o, "lax", "healthy");
     wait_health(&o, "strict", "unhealthy");
-    let detail = o.status("strict")["last_failure"]["detail"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let detail = failure_detail(&o, "strict");
     assert!(
         detail.starts_with(&format!("GET {}: ", tls.url())) && detail.contains("certificate"),
         "{detail}"
@@ -401,10 +403,7 @@ fn a_password_in_a_probe_url_reaches_neither_status_nor_log() {
     );
     let o = s.start();
     wait_health(&o, "db", "unhealthy");
-    let detail = o.status("db")["last_failure"]["detail"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let detail = failure_detail(&o, "db");
     assert!(
         detail.starts_with(&format!("GET http://…@127.0.0.1:{port}/health: ")),
         "{detail}"
