@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::load::{Load, Tally};
-use crate::receiver::free_port;
 use crate::util::*;
 
 const T: Duration = Duration::from_secs(30);
@@ -23,12 +22,13 @@ struct Ports {
     b: u16,
 }
 
+/// Three different free ports (one `free_ports` call: two separate probes can return the same
+/// port, which made `deploy.ports` invalid about once in a few hundred runs).
 fn ports() -> Ports {
-    Ports {
-        listen: free_port(),
-        a: free_port(),
-        b: free_port(),
-    }
+    let [listen, a, b] = free_ports(3)[..] else {
+        unreachable!("free_ports(3) returns three ports")
+    };
+    Ports { listen, a, b }
 }
 
 fn api_unit(s: &Setup, p: &Ports, mode: &str, watch: &str) -> String {

@@ -8,14 +8,19 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::receiver::free_port;
 use crate::util::*;
 
 const T: Duration = Duration::from_secs(30);
 
-/// orchd with one http-proxied service (the python test backend) on `listen`; waits until the
-/// proxy serves release v1.
-fn proxied(listen: &str) -> (Setup, Orchd) {
+/// orchd with one http-proxied service (the python test backend) listening on `host` (an IP
+/// literal, `[::1]` for IPv6) at a free port; waits until the proxy serves release v1 and returns
+/// the listen address. The front port and both service ports come from one `free_ports` call, so
+/// no two of them can be the same.
+fn proxied(host: &str) -> (Setup, Orchd, String) {
+    let [port, a, b] = free_ports(3)[..] else {
+        unreachable!("free_ports(3) returns three ports")
+    };
+    let listen = format!("{host}:{port}");
     let s = Setup::new();
     s.unit(
         "api",
@@ -23,13 +28,13 @@ fn proxied(listen: &str) -> (Setup, Orchd) {
             "exec = [\"python3\", \"{}/tests/support/backend.py\", \"{}\"]\nrelease = \"v1\"\n[health]\nhttp = \"http://127.0.0.1:{{port}}/health\"\ninterval = \"50ms\"\nstart_period = \"10s\"\n[deploy]\nlisten = \"{listen}\"\nports = [{}, {}]\nwatch = \"200ms\"\ndrain = \"1s\"\n",
             env!("CARGO_MANIFEST_DIR"),
             s.path().display(),
-            free_port(),
-            free_port(),
+            a,
+            b,
         ),
     );
     let o = s.start();
     o.wait_for("api healthy", T, || o.status("api")["health"] == "healthy");
-    (s, o)
+    (s, o, listen)
 }
 
 /// One HTTP/1.1 request on a new connection (`Connection: close`): status line and body.
@@ -48,8 +53,7 @@ fn request(addr: &str, head: &str) -> (String, String) {
 
 #[test]
 fn host_is_kept_and_forwarded_headers_are_added() {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let (_s, _o) = proxied(&listen);
+    let (_s, _o, listen) = proxied("127.0.0.1");
     let (status, body) = request(&listen, "GET /headers HTTP/1.1\r\nHost: shop.example\r\n");
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
     let h: Value = serde_json::from_str(&body).expect("JSON headers");
@@ -67,8 +71,7 @@ fn host_is_kept_and_forwarded_headers_are_added() {
 
 #[test]
 fn upgrades_are_tunnelled_both_ways() {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let (_s, _o) = proxied(&listen);
+    let (_s, _o, listen) = proxied("127.0.0.1");
     let mut s = TcpStream::connect(&listen).unwrap();
     s.set_read_timeout(Some(T)).unwrap();
     s.write_all(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
@@ -94,8 +97,7 @@ fn upgrades_are_tunnelled_both_ways() {
 
 #[test]
 fn http2_clients_are_served() {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let (_s, _o) = proxied(&listen);
+    let (_s, _o, listen) = proxied("127.0.0.1");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -129,13 +131,7 @@ fn an_ipv6_front_serves() {
         eprintln!("note: no IPv6 loopback on this machine; skipping");
         return;
     }
-    let port = std::net::TcpListener::bind("[::1]:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("[::1]:{port}");
-    let (_s, _o) = proxied(&listen);
+    let (_s, _o, listen) = proxied("[::1]");
     let (status, body) = request(&listen, "GET / HTTP/1.1\r\nHost: t\r\n");
     assert_eq!(
         (status.as_str(), body.as_str()),
@@ -174,8 +170,7 @@ fn get_on(c: &mut TcpStream, r: &mut BufReader<TcpStream>) -> String {
 
 #[test]
 fn a_kept_alive_connection_follows_the_switch_on_its_next_request() {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let (_s, o) = proxied(&listen);
+    let (_s, o, listen) = proxied("127.0.0.1");
     let mut c = TcpStream::connect(&listen).unwrap();
     c.set_read_timeout(Some(T)).unwrap();
     let mut r = BufReader::new(c.try_clone().unwrap());
@@ -192,8 +187,7 @@ fn a_kept_alive_connection_follows_the_switch_on_its_next_request() {
 
 #[test]
 fn large_bodies_pass_both_ways_on_a_kept_alive_connection() {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let (_s, _o) = proxied(&listen);
+    let (_s, _o, listen) = proxied("127.0.0.1");
     let mut conn = TcpStream::connect(&listen).expect("connect to the proxy");
     conn.set_read_timeout(Some(T)).unwrap();
     let mut reader = BufReader::new(conn.try_clone().unwrap());
