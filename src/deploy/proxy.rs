@@ -291,7 +291,9 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
-        let cancel = cancel.clone();
+        // A child token per connection: every connection waiting on the one shared token
+        // would lock that token's mutex from both workers on every wake-up.
+        let cancel = cancel.child_token();
         let serve = move |stream: TcpStream| async move {
             match mode {
                 ProxyMode::Tcp => tcp_connection(stream, &ctx, cancel).await,
@@ -326,7 +328,7 @@ async fn tcp_connection(mut client: TcpStream, ctx: &Ctx, cancel: CancellationTo
         return;
     };
     let _open = OpenGuard::new(GuardOwner::Stats(ctx.stats.clone()), backend.slot);
-    let cut = ctx.stats.cut_token(backend.slot);
+    let cut = ctx.stats.cut_token(backend.slot).child_token();
     let mut upstream = match TcpStream::connect(backend.addr).await {
         Ok(s) => s,
         Err(e) => {
@@ -336,6 +338,8 @@ async fn tcp_connection(mut client: TcpStream, ctx: &Ctx, cancel: CancellationTo
     };
     let _ = upstream.set_nodelay(true);
     tokio::select! {
+        // The copy first: it is what wakes this task; the tokens are checked after it.
+        biased;
         _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
         _ = cut.cancelled() => {}
         _ = cancel.cancelled() => {}
@@ -357,17 +361,45 @@ async fn http_connection(
         route: std::sync::Mutex::new((route, current)),
         upstream: std::sync::Mutex::new(None),
     });
-    let service = hyper::service::service_fn(move |req| {
-        let conn = conn.clone();
-        async move { Ok::<_, std::convert::Infallible>(forward(req, conn).await) }
-    });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::select! {
-        _ = conn => {}
-        _ = cancel.cancelled() => {}
+    let service = hyper::service::service_fn(move |req| forward(req, conn.clone()));
+    // HTTP/1 unless the client may be starting HTTP/2's prior-knowledge preface: a peek (it
+    // leaves the bytes in the socket) instead of the version-sniffing wrapper, which would
+    // stay in the way of every read and every request of the connection.
+    let mut head = [0u8; H2_PREFACE.len()];
+    let peeked = tokio::select! {
+        biased;
+        n = stream.peek(&mut head) => n,
+        _ = cancel.cancelled() => return,
+    };
+    let n = match peeked {
+        Ok(0) | Err(_) => return,
+        Ok(n) => n,
+    };
+    let io = TokioIo::new(stream);
+    if H2_PREFACE.starts_with(&head[..n]) {
+        // The preface, or its first bytes so far: the auto builder reads on until it knows.
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let conn = builder.serve_connection_with_upgrades(io, service);
+        tokio::select! {
+            biased;
+            _ = conn => {}
+            _ = cancel.cancelled() => {}
+        }
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .writev(false)
+            .serve_connection(io, service)
+            .with_upgrades();
+        tokio::select! {
+            biased;
+            _ = conn => {}
+            _ = cancel.cancelled() => {}
+        }
     }
 }
+
+/// What an HTTP/2 client with prior knowledge sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What a client connection keeps between its requests.
 struct ClientConn {
@@ -423,7 +455,9 @@ async fn connect(backend: Backend) -> Result<http1::SendRequest<Body>, String> {
         Err(_) => return Err(format!("connect to {}: timed out", backend.addr)),
     };
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+    let (sender, conn) = http1::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("HTTP handshake with {}: {e}", backend.addr))?;
     tokio::spawn(async move {
@@ -454,7 +488,8 @@ async fn send_own(
             }
         }
     }
-    let mut sender = connect(backend).await?;
+    // Boxed: connecting happens once per client connection, not per request.
+    let mut sender = Box::pin(connect(backend)).await?;
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     conn.keep_upstream(backend, sender);
     Ok(resp)
@@ -468,6 +503,11 @@ const HOP_BY_HOP: &[header::HeaderName] = &[
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
 ];
+
+/// The forwarding headers orchd adds, as static names: inserting a `&str` name not in `http`'s
+/// standard set copies it into a new allocation, and cloning that (the retry template) another.
+static X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: header::HeaderName = header::HeaderName::from_static("x-forwarded-proto");
 
 fn is_hop_by_hop(name: &header::HeaderName) -> bool {
     HOP_BY_HOP.contains(name) || name == "keep-alive" || name == "proxy-connection"
@@ -509,13 +549,46 @@ fn plain(status: StatusCode, text: &str) -> Response<Body> {
     r
 }
 
-async fn forward(mut req: Request<Incoming>, conn: Arc<ClientConn>) -> Response<Body> {
-    let ctx: &Ctx = &conn.ctx;
+/// A client's request made ready for the backend, with what its response needs.
+struct Outgoing {
+    req: Request<Body>,
+    backend: Backend,
+    guard: OpenGuard,
+    /// On the client connection's own upstream connection (HTTP/1 without upgrade), or the
+    /// worker's pool.
+    own: bool,
+    /// The client side of a requested protocol upgrade.
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// For a retry: idempotent requests without a body.
+    template: Option<Template>,
+}
+
+/// A request orchd answers itself instead of forwarding it.
+enum Refusal {
+    NoRelease,
+    BadTarget,
+}
+
+impl Refusal {
+    fn response(self) -> Response<Body> {
+        match self {
+            Refusal::NoRelease => plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no release of this service is running\n",
+            ),
+            Refusal::BadTarget => plain(StatusCode::BAD_REQUEST, "bad request target\n"),
+        }
+    }
+}
+
+/// The request rewritten for the active backend (origin-form or absolute URI, `Host` kept or
+/// filled in, hop-by-hop headers dropped, `X-Forwarded-*` added), or orchd's own answer.
+///
+/// Synchronous on purpose: the future hyper keeps (and moves) per request then holds only
+/// what crosses an `.await`, not every intermediate of the rewrite.
+fn prepare(mut req: Request<Incoming>, conn: &Arc<ClientConn>) -> Result<Outgoing, Refusal> {
     let Some(backend) = conn.backend() else {
-        return plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no release of this service is running\n",
-        );
+        return Err(Refusal::NoRelease);
     };
     let guard = OpenGuard::new(GuardOwner::Conn(conn.clone()), backend.slot);
     let upgrade = is_upgrade(&req);
@@ -530,7 +603,7 @@ async fn forward(mut req: Request<Incoming>, conn: Arc<ClientConn>) -> Response<
         upstream_uri(&parts.uri, backend)
     };
     let Some(uri) = uri else {
-        return plain(StatusCode::BAD_REQUEST, "bad request target\n");
+        return Err(Refusal::BadTarget);
     };
     if parts.headers.get(header::HOST).is_none() {
         let host = match parts.uri.authority() {
@@ -558,18 +631,18 @@ async fn forward(mut req: Request<Incoming>, conn: Arc<ClientConn>) -> Response<
     }
     let xff = match parts
         .headers
-        .get("x-forwarded-for")
+        .get(&X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
     {
         Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", conn.peer.ip())).ok(),
         None => conn.peer_value.clone(),
     };
     if let Some(v) = xff {
-        parts.headers.insert("x-forwarded-for", v);
+        parts.headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     parts
         .headers
-        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
     let bodyless = hyper::body::Body::is_end_stream(&body);
@@ -582,33 +655,63 @@ async fn forward(mut req: Request<Incoming>, conn: Arc<ClientConn>) -> Response<
             | http::Method::DELETE
     );
     let template = (bodyless && idempotent && !upgrade).then(|| Template::of(&parts));
-    let req = Request::from_parts(parts, Body::streamed(body));
+    Ok(Outgoing {
+        req: Request::from_parts(parts, Body::streamed(body)),
+        backend,
+        guard,
+        own,
+        client_upgrade,
+        template,
+    })
+}
+
+async fn forward(
+    req: Request<Incoming>,
+    conn: Arc<ClientConn>,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let Outgoing {
+        req,
+        backend,
+        guard,
+        own,
+        client_upgrade,
+        template,
+    } = match prepare(req, &conn) {
+        Ok(out) => out,
+        Err(refusal) => return Ok(refusal.response()),
+    };
     let first = if own {
         send_own(&conn, backend, req).await
     } else {
-        client().request(req).await.map_err(|e| e.to_string())
+        // The pool's handle is dropped before the wait, not kept in this future.
+        let pending = client().request(req);
+        pending.await.map_err(|e| e.to_string())
     };
+    let ctx: &Ctx = &conn.ctx;
     // Outside a deploy's guarded window a response is streamed as it comes (the template was
     // for a failure); otherwise a failure, or a small response, goes through the retries.
     let mut resp = match first {
         Ok(r) if template.is_none() || !ctx.stats.guarded.load(Ordering::Relaxed) => r,
-        first => match template {
-            None => {
-                if let Err(e) = &first {
-                    tracing::warn!(service = %ctx.service, backend = %backend.addr, error = %e, "proxy request failed");
+        first => {
+            return Ok(match template {
+                None => {
+                    if let Err(e) = &first {
+                        tracing::warn!(service = %ctx.service, backend = %backend.addr, error = %e, "proxy request failed");
+                    }
+                    plain(StatusCode::BAD_GATEWAY, "the service did not answer\n")
                 }
-                return plain(StatusCode::BAD_GATEWAY, "the service did not answer\n");
-            }
-            Some(template) => {
-                return match with_retries(ctx, backend, template, first).await {
+                // Boxed: the retry path's state (a switch wait, a buffered body) would
+                // otherwise be part of every request's future.
+                Some(template) => match Box::pin(with_retries(ctx, backend, template, first)).await
+                {
                     Ok(r) => guarded(r, guard),
                     Err(e) => {
                         tracing::warn!(service = %ctx.service, error = %e, "proxy request failed after retries");
                         plain(StatusCode::BAD_GATEWAY, "the service did not answer\n")
                     }
-                };
-            }
-        },
+                },
+            });
+        }
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
@@ -622,10 +725,10 @@ async fn forward(mut req: Request<Incoming>, conn: Arc<ClientConn>) -> Response<
                 }
             });
             let (parts, _) = resp.into_parts();
-            return Response::from_parts(parts, Body::Empty);
+            return Ok(Response::from_parts(parts, Body::Empty));
         }
     }
-    guarded(resp, guard)
+    Ok(guarded(resp, guard))
 }
 
 /// Responses up to this size are read whole before they are passed on, so a backend that dies
@@ -832,5 +935,72 @@ impl hyper::body::Body for Body {
             Body::Full { inner, .. } => inner.size_hint(),
             Body::Empty => hyper::body::SizeHint::with_exact(0),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A keep-alive HTTP/1.1 backend answering every request with 200 "ok\n".
+    fn backend() -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut out = conn.try_clone().unwrap();
+                    let mut lines = BufReader::new(conn).lines();
+                    while let Some(Ok(line)) = lines.next() {
+                        if line.is_empty()
+                            && out
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+                                .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    async fn get(front: SocketAddr) -> String {
+        let mut c = TcpStream::connect(front).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut all = String::new();
+        tokio::time::timeout(Duration::from_secs(10), c.read_to_string(&mut all))
+            .await
+            .expect("the proxy answers within 10 s")
+            .unwrap();
+        all
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_release_requests_get_503_and_the_front_stays_open() {
+        let front = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let proxy = Proxy::bind(front, ProxyMode::Http, "api").await.unwrap();
+        let answer = get(front).await;
+        assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+        assert!(
+            answer.ends_with("\r\n\r\nno release of this service is running\n"),
+            "{answer}"
+        );
+        proxy.switch(Some(Backend {
+            slot: 0,
+            addr: backend(),
+        }));
+        let answer = get(front).await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        assert!(answer.ends_with("\r\n\r\nok\n"), "{answer}");
+        assert_eq!(proxy.stats().open(0), 0, "the request is counted out");
     }
 }

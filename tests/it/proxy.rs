@@ -125,6 +125,40 @@ fn http2_clients_are_served() {
     assert_eq!(body, "v1\n");
 }
 
+/// The proxy tells HTTP/2 from HTTP/1 by peeking at the first bytes. A prior-knowledge client
+/// whose preface arrives in pieces must still get HTTP/2, and an HTTP/1 request in one-byte
+/// pieces HTTP/1. (The pauses make the pieces arrive apart; the answers must be right either way.)
+#[test]
+fn a_protocol_is_recognised_from_its_first_bytes_however_they_arrive() {
+    let (_s, _o, listen) = proxied("127.0.0.1");
+    let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut c = TcpStream::connect(&listen).unwrap();
+    c.set_read_timeout(Some(T)).unwrap();
+    c.write_all(&preface[..5]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    c.write_all(&preface[5..]).unwrap();
+    // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+    c.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap();
+    let mut frame = [0u8; 9];
+    c.read_exact(&mut frame)
+        .expect("the server's first HTTP/2 frame");
+    assert_eq!(
+        frame[3], 4,
+        "an HTTP/2 server starts with SETTINGS: {frame:?}"
+    );
+
+    let mut c = TcpStream::connect(&listen).unwrap();
+    c.set_read_timeout(Some(T)).unwrap();
+    let head = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    c.write_all(&head[..1]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    c.write_all(&head[1..]).unwrap();
+    let mut all = String::new();
+    c.read_to_string(&mut all).unwrap();
+    assert!(all.starts_with("HTTP/1.1 200 OK"), "{all}");
+    assert!(all.ends_with("\r\n\r\nv1\n"), "{all}");
+}
+
 #[test]
 fn an_ipv6_front_serves() {
     if std::net::TcpListener::bind("[::1]:0").is_err() {
