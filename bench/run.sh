@@ -16,14 +16,15 @@
 #              proxy CPU per 1000 requests (issue 6)
 #   rollback   instant rollback during the watch window, command exec → exit (issue 6)
 #   alerts     crash → webhook latency and the 10-minute crash loop (issue 5; cargo test)
-# Diagnosis only (not in the default set): nocgroup, cgroup, pss_scale, size_profile, proxy_perf
+# Diagnosis only (not in the default set): nocgroup, cgroup, pss_scale, size_profile, proxy_perf,
+#              proxy_instructions (callgrind: user instructions per proxied request, orch vs nginx)
 #
 # Builds the release binaries (cargo build --release) and the C helpers in bench/*.c, then runs
 # each benchmark against a real orchd in a temp dir (config as tests/it/util.rs writes it).
 # Every command it runs is echoed with a leading "+ "; results also go to
 # $CARGO_TARGET_DIR/bench/results/NAME.txt. Env: RUNS (default 5), IDLE_SECONDS (60),
 # HEALTH_UNITS (1000), HEALTH_SECONDS (60), HEALTH_RUNS (3), WRK_SECONDS (10), PROXY_RUNS (3),
-# HEALTH_KIND (http; tcp for diagnosis), DEPLOY_RUNS (3), SKIP_BUILD (set: use the binaries already built). Issue 6 benchmarks need wrk, nginx and libnginx-mod-stream (apt).
+# HEALTH_KIND (http; tcp for diagnosis), DEPLOY_RUNS (3), SKIP_BUILD (set: use the binaries already built). Issue 6 benchmarks need wrk, nginx and libnginx-mod-stream (apt); proxy_instructions also valgrind.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -569,14 +570,20 @@ bench_proxy() {
     tcp_pid=$("$ORCHCTL" --socket "$d/orchd.sock" --json status apitcp | jq -r '.services[0].pid')
     declare -A URL=([direct]=$A [orch-http]=$LH [orch-tcp]=$LT [nginx-http]=$NH [nginx-stream]=$NS)
     local TARGETS=(direct orch-http orch-tcp nginx-http nginx-stream)
-    echo "# wrk throughput, 32 connections, ${WRK_SECONDS} s per run, targets interleaved; backend examples/http_ok (2 threads)"
+    echo "# wrk throughput, 32 connections, ${WRK_SECONDS} s per run, targets interleaved (each run starts one target later); backend examples/http_ok (2 threads)"
     echo "# direct = the api backend (port $A); nginx http/stream proxy to it; orch-tcp's backend is apitcp's own http_ok"
     echo "# proxy CPU = utime+stime of orchd (all of it) / of the nginx master+workers over the wrk run"
     for t in "${TARGETS[@]}"; do # warm-up: connection pools, nginx keepalive upstreams
         wrk -t2 -c32 -d2s "http://127.0.0.1:${URL[$t]}/" >/dev/null 2>&1
     done
     for ((r = 1; r <= PROXY_RUNS; r++)); do
-        for t in "${TARGETS[@]}"; do
+        # Each run starts with another target (direct, orch-http, ... in turn), so no target
+        # always follows the same one: the host's state after a heavy run is shared out fairly.
+        local order=() i
+        for ((i = 0; i < ${#TARGETS[@]}; i++)); do
+            order+=("${TARGETS[(i + r - 1) % ${#TARGETS[@]}]}")
+        done
+        for t in "${order[@]}"; do
             case $t in
             orch-*) pids="$ORCHD_BG" ;;
             nginx-*) pids="$ng $(pgrep -P "$ng" | tr '\n' ' ')" ;;
@@ -718,6 +725,50 @@ bench_proxy_perf() {
 # Issue 5 figures (from the alerts work), re-run: crash → webhook receiver latency (9 crashes,
 # integration test with a real receiver; debug build as `cargo test` makes it) and the
 # 10-minute crash loop with repeat_interval = 1h (unit test on a paused clock).
+# Diagnosis: user-space instructions per proxied request, orch-http vs nginx proxy_pass, with
+# valgrind's callgrind (deterministic, unlike wall-clock CPU on a shared VM: use it to compare
+# two builds of the proxy). Instrumentation is switched on only around a 5 s wrk -t1 -c8 run.
+# nginx runs as one process (master_process off) so one callgrind sees all of it. Kernel time is
+# not counted: both make the same system calls per request (4, see proxy_perf).
+_callgrind_per_request() { # NAME PORT OUT_PREFIX PID → "NAME: requests N user_instructions I per_request P"
+    local name=$1 url=$2 out=$3 n ir f
+    wrk -t1 -c8 -d2s "http://127.0.0.1:$url/" >/dev/null 2>&1
+    callgrind_control -i on "$4" >/dev/null 2>&1
+    wrk -t1 -c8 -d5s "http://127.0.0.1:$url/" >"$out.wrk" 2>&1
+    callgrind_control -i off "$4" >/dev/null 2>&1
+    callgrind_control -d "$4" >/dev/null 2>&1
+    n=$(awk '/requests in/ {print $1}' "$out.wrk")
+    f=$(ls "$out".*.1)
+    ir=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    echo "$name: requests $n user_instructions $ir per_request $((ir / n))"
+}
+
+bench_proxy_instructions() {
+    local d LH A B NH NS vg ng
+    newdir; d=$NEWDIR
+    orchd_conf "$d"
+    read -r LH A B NH NS <<<"$(free_ports 5)"
+    deploy_unit api "$LH" http "$A" "$B" 1s "$d"
+    echo "+ valgrind --tool=callgrind --instr-atstart=no $ORCHD --config $d/orchd.toml &" >&2
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$d/cg-orchd.%p" \
+        "$ORCHD" --config "$d/orchd.toml" 2>"$d/orchd.log" &
+    vg=$!
+    PIDS+=("$vg")
+    wait_serving "$LH" v1
+    _callgrind_per_request orch-http "$LH" "$d/cg-orchd" "$vg"
+    nginx_conf "$d" "$NH" "$NS" "$A"
+    sed -i 's/^worker_processes auto;/master_process off; worker_processes 1;/' "$d/nginx.conf"
+    echo "+ valgrind --tool=callgrind --instr-atstart=no nginx -c $d/nginx.conf -p $d -g 'daemon off;' &" >&2
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$d/cg-nginx.%p" \
+        nginx -c "$d/nginx.conf" -p "$d" -g 'daemon off;' 2>"$d/nginx-valgrind.log" &
+    ng=$!
+    PIDS+=("$ng")
+    wait_serving "$NH" v1
+    _callgrind_per_request nginx-http "$NH" "$d/cg-nginx" "$ng"
+    kill -TERM "$ng" "$vg"
+    wait "$ng" "$vg" 2>/dev/null || true
+}
+
 bench_alerts() {
     (cd "$ROOT" && x cargo test --test it latency -- --nocapture 2>&1 | grep -E 'latency ms|test result')
     (cd "$ROOT" && x cargo test --lib ten_minute 2>&1 | grep -E 'test result|ten_minute')
