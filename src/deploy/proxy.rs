@@ -164,6 +164,8 @@ impl Proxy {
         service: &str,
     ) -> std::io::Result<Proxy> {
         let listener = TcpListener::bind(listen).await?;
+        // The port bound, should `listen` have asked for any (port 0).
+        let listen = listener.local_addr().unwrap_or(listen);
         let (active, rx) = watch::channel(None);
         let stats = Arc::new(SlotStats::default());
         let cancel = CancellationToken::new();
@@ -360,6 +362,7 @@ async fn http_connection(
         peer_value: HeaderValue::from_str(&peer.ip().to_string()).ok(),
         route: std::sync::Mutex::new((route, current)),
         upstream: std::sync::Mutex::new(None),
+        cancel: cancel.clone(),
     });
     let service = hyper::service::service_fn(move |req| forward(req, conn.clone()));
     // HTTP/1 unless the client may be starting HTTP/2's prior-knowledge preface: a peek (it
@@ -386,8 +389,10 @@ async fn http_connection(
             _ = cancel.cancelled() => {}
         }
     } else {
+        // Vectored writes (hyper's default): a flattened buffer would save a little per small
+        // response but keep up to hyper's max buffer (~400 KiB) per connection after any large
+        // body.
         let conn = hyper::server::conn::http1::Builder::new()
-            .writev(false)
             .serve_connection(io, service)
             .with_upgrades();
         tokio::select! {
@@ -413,6 +418,9 @@ struct ClientConn {
     /// Its own upstream connection (HTTP/1 clients): their requests come one at a time, so one
     /// upstream connection serves them all, with no pool to check out from and return to.
     upstream: std::sync::Mutex<Option<(Backend, http1::SendRequest<Body>)>>,
+    /// Cancelled when the proxy stops: also ends the connection's upgraded tunnels, which
+    /// outlive the HTTP connection they came from.
+    cancel: CancellationToken,
 }
 
 impl ClientConn {
@@ -455,9 +463,7 @@ async fn connect(backend: Backend) -> Result<http1::SendRequest<Body>, String> {
         Err(_) => return Err(format!("connect to {}: timed out", backend.addr)),
     };
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = http1::Builder::new()
-        .writev(false)
-        .handshake(TokioIo::new(stream))
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("HTTP handshake with {}: {e}", backend.addr))?;
     tokio::spawn(async move {
@@ -716,12 +722,22 @@ async fn forward(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let backend_upgrade = hyper::upgrade::on(&mut resp);
+            let cancel = conn.cancel.clone();
             tokio::spawn(async move {
                 let _guard = guard;
-                if let (Ok(c), Ok(b)) = (client_upgrade.await, backend_upgrade.await) {
-                    let _ =
-                        tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(b))
-                            .await;
+                let tunnel = async {
+                    if let (Ok(c), Ok(b)) = (client_upgrade.await, backend_upgrade.await) {
+                        let _ = tokio::io::copy_bidirectional(
+                            &mut TokioIo::new(c),
+                            &mut TokioIo::new(b),
+                        )
+                        .await;
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    _ = tunnel => {}
+                    _ = cancel.cancelled() => {}
                 }
             });
             let (parts, _) = resp.into_parts();
@@ -991,7 +1007,8 @@ mod tests {
     }
 
     /// A backend that closes its first connection after reading the request, without a byte
-    /// of response, and answers later requests with their `Host` and `X-Forwarded-For`.
+    /// of response, and answers later requests with their `Host`, `Accept` and
+    /// `X-Forwarded-For` lines, in the order they came.
     fn backend_dropping_the_first_request() -> SocketAddr {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -1004,7 +1021,10 @@ mod tests {
                     while let Some(Ok(line)) = lines.next() {
                         if !line.is_empty() {
                             let lower = line.to_ascii_lowercase();
-                            if lower.starts_with("host:") || lower.starts_with("x-forwarded-for:") {
+                            if ["host:", "accept:", "x-forwarded-for:"]
+                                .iter()
+                                .any(|h| lower.starts_with(h))
+                            {
                                 seen.push(lower);
                             }
                             continue;
@@ -1012,7 +1032,6 @@ mod tests {
                         if i == 0 {
                             return; // closes the connection: no response byte
                         }
-                        seen.sort();
                         let body = format!("{}\n", seen.join("|"));
                         let head =
                             format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
@@ -1029,17 +1048,16 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_get_whose_upstream_closed_before_answering_is_retried_with_its_headers() {
-        let front = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
+        let proxy = Proxy::bind(([127, 0, 0, 1], 0).into(), ProxyMode::Http, "api")
+            .await
             .unwrap();
-        let proxy = Proxy::bind(front, ProxyMode::Http, "api").await.unwrap();
+        let front = proxy.listen;
         proxy.switch(Some(Backend {
             slot: 0,
             addr: backend_dropping_the_first_request(),
         }));
         let mut c = TcpStream::connect(front).await.unwrap();
-        c.write_all(b"GET / HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 10.0.0.7\r\nConnection: close\r\n\r\n")
+        c.write_all(b"GET / HTTP/1.1\r\nHost: shop.example\r\nAccept: text/html\r\nAccept: */*\r\nX-Forwarded-For: 10.0.0.7\r\nConnection: close\r\n\r\n")
             .await
             .unwrap();
         let mut answer = String::new();
@@ -1049,18 +1067,84 @@ mod tests {
             .unwrap();
         assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
         assert!(
-            answer.ends_with("\r\n\r\nhost: shop.example|x-forwarded-for: 10.0.0.7, 127.0.0.1\n"),
+            answer.ends_with("\r\n\r\nhost: shop.example|accept: text/html|accept: */*|x-forwarded-for: 10.0.0.7, 127.0.0.1\n"),
             "{answer}"
         );
     }
 
+    /// A backend that accepts any upgrade and then echoes what it reads.
+    fn upgrading_backend() -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut out = conn.try_clone().unwrap();
+                    let mut reader = BufReader::new(conn);
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                        line.clear();
+                    }
+                    let head = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n";
+                    if out.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    let _ = std::io::copy(&mut reader, &mut out);
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upgraded_tunnel_ends_when_its_proxy_stops() {
+        let proxy = Proxy::bind(([127, 0, 0, 1], 0).into(), ProxyMode::Http, "api")
+            .await
+            .unwrap();
+        proxy.switch(Some(Backend {
+            slot: 0,
+            addr: upgrading_backend(),
+        }));
+        let mut c = TcpStream::connect(proxy.listen).await.unwrap();
+        c.write_all(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+            .await
+            .unwrap();
+        let t = Duration::from_secs(10);
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while !seen.ends_with(b"\r\n\r\n") {
+            let n = tokio::time::timeout(t, c.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed before the upgrade: {seen:?}");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            seen.starts_with(b"HTTP/1.1 101 "),
+            "{}",
+            String::from_utf8_lossy(&seen)
+        );
+        c.write_all(b"ping\n").await.unwrap();
+        let n = tokio::time::timeout(t, c.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..n], b"ping\n", "the tunnel echoes");
+        drop(proxy);
+        let n = tokio::time::timeout(t, c.read(&mut buf))
+            .await
+            .expect("the tunnel is closed within 10 s of the proxy's end")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "nothing more comes through the tunnel");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn without_a_release_requests_get_503_and_the_front_stays_open() {
-        let front = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
+        let proxy = Proxy::bind(([127, 0, 0, 1], 0).into(), ProxyMode::Http, "api")
+            .await
             .unwrap();
-        let proxy = Proxy::bind(front, ProxyMode::Http, "api").await.unwrap();
+        let front = proxy.listen;
         let answer = get(front).await;
         assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
         assert!(
