@@ -369,25 +369,17 @@ async fn http_connection(
     // leaves the bytes in the socket) instead of the version-sniffing wrapper, which would
     // stay in the way of every read and every request of the connection.
     let mut head = [0u8; H2_PREFACE.len()];
-    let peeked = tokio::select! {
-        biased;
-        n = stream.peek(&mut head) => n,
-        _ = cancel.cancelled() => return,
-    };
-    let n = match peeked {
-        Ok(0) | Err(_) => return,
-        Ok(n) => n,
+    let n = match cancel.run_until_cancelled(stream.peek(&mut head)).await {
+        Some(Ok(n)) if n > 0 => n,
+        _ => return, // cancelled, closed or failed
     };
     let io = TokioIo::new(stream);
     if H2_PREFACE.starts_with(&head[..n]) {
         // The preface, or its first bytes so far: the auto builder reads on until it knows.
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         let conn = builder.serve_connection_with_upgrades(io, service);
-        tokio::select! {
-            biased;
-            _ = conn => {}
-            _ = cancel.cancelled() => {}
-        }
+        // The connection first on every wake-up (it is what wakes it), then the token.
+        cancel.run_until_cancelled(conn).await;
     } else {
         // Vectored writes (hyper's default): a flattened buffer would save a little per small
         // response but keep up to hyper's max buffer (~400 KiB) per connection after any large
@@ -395,11 +387,7 @@ async fn http_connection(
         let conn = hyper::server::conn::http1::Builder::new()
             .serve_connection(io, service)
             .with_upgrades();
-        tokio::select! {
-            biased;
-            _ = conn => {}
-            _ = cancel.cancelled() => {}
-        }
+        cancel.run_until_cancelled(conn).await;
     }
 }
 
@@ -734,11 +722,7 @@ async fn forward(
                         .await;
                     }
                 };
-                tokio::select! {
-                    biased;
-                    _ = tunnel => {}
-                    _ = cancel.cancelled() => {}
-                }
+                cancel.run_until_cancelled(tunnel).await;
             });
             let (parts, _) = resp.into_parts();
             return Ok(Response::from_parts(parts, Body::Empty));
@@ -969,102 +953,100 @@ mod tests {
     use std::io::{BufRead, BufReader, Write};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A keep-alive HTTP/1.1 backend answering every request with 200 "ok\n".
-    fn backend() -> SocketAddr {
+    /// How long a test waits for the proxy.
+    const T: Duration = Duration::from_secs(10);
+
+    /// A test backend on a loopback port: `handle(n, connection)` serves its n-th connection
+    /// (from 0), each on a thread of its own.
+    fn serve(handle: fn(usize, std::net::TcpStream)) -> SocketAddr {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                std::thread::spawn(move || {
-                    let mut out = conn.try_clone().unwrap();
-                    let mut lines = BufReader::new(conn).lines();
-                    while let Some(Ok(line)) = lines.next() {
-                        if line.is_empty()
-                            && out
-                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
-                                .is_err()
-                        {
-                            return;
-                        }
-                    }
-                });
+            for (i, conn) in listener.incoming().flatten().enumerate() {
+                std::thread::spawn(move || handle(i, conn));
             }
         });
         addr
     }
 
-    async fn get(front: SocketAddr) -> String {
-        let mut c = TcpStream::connect(front).await.unwrap();
-        c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    /// An http proxy on a loopback port the kernel picks, routing to `backend` if given.
+    async fn http_proxy(backend: Option<SocketAddr>) -> Proxy {
+        let proxy = Proxy::bind(([127, 0, 0, 1], 0).into(), ProxyMode::Http, "api")
             .await
             .unwrap();
+        proxy.switch(backend.map(|addr| Backend { slot: 0, addr }));
+        proxy
+    }
+
+    /// Send `request` (which asks for `Connection: close`) on a new connection; all the answer.
+    async fn exchange(front: SocketAddr, request: &[u8]) -> String {
+        let mut c = TcpStream::connect(front).await.unwrap();
+        c.write_all(request).await.unwrap();
         let mut all = String::new();
-        tokio::time::timeout(Duration::from_secs(10), c.read_to_string(&mut all))
+        tokio::time::timeout(T, c.read_to_string(&mut all))
             .await
             .expect("the proxy answers within 10 s")
             .unwrap();
         all
     }
 
+    /// A keep-alive HTTP/1.1 backend answering every request with 200 "ok\n".
+    fn backend() -> SocketAddr {
+        serve(|_, conn| {
+            let mut out = conn.try_clone().unwrap();
+            let mut lines = BufReader::new(conn).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if line.is_empty()
+                    && out
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+                        .is_err()
+                {
+                    return;
+                }
+            }
+        })
+    }
+
     /// A backend that closes its first connection after reading the request, without a byte
     /// of response, and answers later requests with their `Host`, `Accept` and
     /// `X-Forwarded-For` lines, in the order they came.
     fn backend_dropping_the_first_request() -> SocketAddr {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        std::thread::spawn(move || {
-            for (i, conn) in listener.incoming().flatten().enumerate() {
-                std::thread::spawn(move || {
-                    let mut out = conn.try_clone().unwrap();
-                    let mut lines = BufReader::new(conn).lines();
-                    let mut seen = Vec::new();
-                    while let Some(Ok(line)) = lines.next() {
-                        if !line.is_empty() {
-                            let lower = line.to_ascii_lowercase();
-                            if ["host:", "accept:", "x-forwarded-for:"]
-                                .iter()
-                                .any(|h| lower.starts_with(h))
-                            {
-                                seen.push(lower);
-                            }
-                            continue;
-                        }
-                        if i == 0 {
-                            return; // closes the connection: no response byte
-                        }
-                        let body = format!("{}\n", seen.join("|"));
-                        let head =
-                            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-                        if out.write_all(format!("{head}{body}").as_bytes()).is_err() {
-                            return;
-                        }
-                        seen.clear();
+        serve(|i, conn| {
+            let mut out = conn.try_clone().unwrap();
+            let mut lines = BufReader::new(conn).lines();
+            let mut seen = Vec::new();
+            while let Some(Ok(line)) = lines.next() {
+                if !line.is_empty() {
+                    let lower = line.to_ascii_lowercase();
+                    if ["host:", "accept:", "x-forwarded-for:"]
+                        .iter()
+                        .any(|h| lower.starts_with(h))
+                    {
+                        seen.push(lower);
                     }
-                });
+                    continue;
+                }
+                if i == 0 {
+                    return; // closes the connection: no response byte
+                }
+                let body = format!("{}\n", seen.join("|"));
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                if out.write_all(format!("{head}{body}").as_bytes()).is_err() {
+                    return;
+                }
+                seen.clear();
             }
-        });
-        addr
+        })
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_get_whose_upstream_closed_before_answering_is_retried_with_its_headers() {
-        let proxy = Proxy::bind(([127, 0, 0, 1], 0).into(), ProxyMode::Http, "api")
-            .await
-            .unwrap();
-        let front = proxy.listen;
-        proxy.switch(Some(Backend {
-            slot: 0,
-            addr: backend_dropping_the_first_request(),
-        }));
-        let mut c = TcpStream::connect(front).await.unwrap();
-        c.write_all(b"GET / HTTP/1.1\r\nHost: shop.example\r\nAccept: text/html\r\nAccept: */*\r\nX-Forwarded-For: 10.0.0.7\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = String::new();
-        tokio::time::timeout(Duration::from_secs(10), c.read_to_string(&mut answer))
-            .await
-            .expect("the proxy answers within 10 s")
-            .unwrap();
+        let proxy = http_proxy(Some(backend_dropping_the_first_request())).await;
+        let answer = exchange(
+            proxy.listen,
+            b"GET / HTTP/1.1\r\nHost: shop.example\r\nAccept: text/html\r\nAccept: */*\r\nX-Forwarded-For: 10.0.0.7\r\nConnection: close\r\n\r\n",
+        )
+        .await;
         assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
         assert!(
             answer.ends_with("\r\n\r\nhost: shop.example|accept: text/html|accept: */*|x-forwarded-for: 10.0.0.7, 127.0.0.1\n"),
@@ -1074,46 +1056,33 @@ mod tests {
 
     /// A backend that accepts any upgrade and then echoes what it reads.
     fn upgrading_backend() -> SocketAddr {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                std::thread::spawn(move || {
-                    let mut out = conn.try_clone().unwrap();
-                    let mut reader = BufReader::new(conn);
-                    let mut line = String::new();
-                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-                        line.clear();
-                    }
-                    let head = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n";
-                    if out.write_all(head.as_bytes()).is_err() {
-                        return;
-                    }
-                    let _ = std::io::copy(&mut reader, &mut out);
-                });
+        serve(|_, conn| {
+            let mut out = conn.try_clone().unwrap();
+            let mut reader = BufReader::new(conn);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
             }
-        });
-        addr
+            let head =
+                "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n";
+            if out.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            let _ = std::io::copy(&mut reader, &mut out);
+        })
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_upgraded_tunnel_ends_when_its_proxy_stops() {
-        let proxy = Proxy::bind(([127, 0, 0, 1], 0).into(), ProxyMode::Http, "api")
-            .await
-            .unwrap();
-        proxy.switch(Some(Backend {
-            slot: 0,
-            addr: upgrading_backend(),
-        }));
+        let proxy = http_proxy(Some(upgrading_backend())).await;
         let mut c = TcpStream::connect(proxy.listen).await.unwrap();
         c.write_all(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
             .await
             .unwrap();
-        let t = Duration::from_secs(10);
         let mut seen = Vec::new();
         let mut buf = [0u8; 256];
         while !seen.ends_with(b"\r\n\r\n") {
-            let n = tokio::time::timeout(t, c.read(&mut buf))
+            let n = tokio::time::timeout(T, c.read(&mut buf))
                 .await
                 .unwrap()
                 .unwrap();
@@ -1126,13 +1095,13 @@ mod tests {
             String::from_utf8_lossy(&seen)
         );
         c.write_all(b"ping\n").await.unwrap();
-        let n = tokio::time::timeout(t, c.read(&mut buf))
+        let n = tokio::time::timeout(T, c.read(&mut buf))
             .await
             .unwrap()
             .unwrap();
         assert_eq!(&buf[..n], b"ping\n", "the tunnel echoes");
         drop(proxy);
-        let n = tokio::time::timeout(t, c.read(&mut buf))
+        let n = tokio::time::timeout(T, c.read(&mut buf))
             .await
             .expect("the tunnel is closed within 10 s of the proxy's end")
             .unwrap_or(0);
@@ -1141,11 +1110,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn without_a_release_requests_get_503_and_the_front_stays_open() {
-        let proxy = Proxy::bind(([127, 0, 0, 1], 0).into(), ProxyMode::Http, "api")
-            .await
-            .unwrap();
-        let front = proxy.listen;
-        let answer = get(front).await;
+        const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+        let proxy = http_proxy(None).await;
+        let answer = exchange(proxy.listen, GET).await;
         assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
         assert!(
             answer.ends_with("\r\n\r\nno release of this service is running\n"),
@@ -1155,7 +1122,7 @@ mod tests {
             slot: 0,
             addr: backend(),
         }));
-        let answer = get(front).await;
+        let answer = exchange(proxy.listen, GET).await;
         assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
         assert!(answer.ends_with("\r\n\r\nok\n"), "{answer}");
         assert_eq!(proxy.stats().open(0), 0, "the request is counted out");
