@@ -2,3 +2,4 @@
 //! runs in the supervisor task that owns both slots (`supervisor/deploying.rs`).
 pub mod history;
 pub mod proxy;
+mod upstream;

@@ -18,8 +18,9 @@
 //! Connections are served on the proxy's own threads (`workers`), one single-threaded tokio
 //! runtime per CPU like nginx's worker processes: the accept loop hands each accepted
 //! connection to the next worker, which serves it start to finish, so a request never crosses
-//! threads. An HTTP/1 client connection keeps one upstream connection of its own; HTTP/2
-//! streams and upgrades use the worker's pool.
+//! threads. An HTTP/1 client connection keeps one upstream connection of its own, on which its
+//! requests without a body go through orchd's own HTTP/1 client ([`super::upstream`]); requests
+//! with a body, HTTP/2 streams and upgrades go through hyper's client and the worker's pool.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,7 +31,6 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -39,7 +39,11 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::upstream::{ResponseBody, Upstream, is_hop_by_hop};
 use crate::config::ProxyMode;
+
+/// What a body's failure is passed on as.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Where requests go now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -405,7 +409,7 @@ struct ClientConn {
     route: std::sync::Mutex<(watch::Receiver<Option<Backend>>, Option<Backend>)>,
     /// Its own upstream connection (HTTP/1 clients): their requests come one at a time, so one
     /// upstream connection serves them all, with no pool to check out from and return to.
-    upstream: std::sync::Mutex<Option<(Backend, http1::SendRequest<Body>)>>,
+    upstream: std::sync::Mutex<Option<(Backend, Upstream)>>,
     /// Cancelled when the proxy stops: also ends the connection's upgraded tunnels, which
     /// outlive the HTTP connection they came from.
     cancel: CancellationToken,
@@ -425,86 +429,92 @@ impl ClientConn {
 
     /// The upstream connection kept for `backend`, if any (one kept for another backend, from
     /// before a switch, is dropped: that closes it).
-    fn take_upstream(&self, backend: Backend) -> Option<http1::SendRequest<Body>> {
+    fn take_upstream(&self, backend: Backend) -> Option<Upstream> {
         // Held for the swap only; poisoning cannot leave it inconsistent.
         let mut kept = self.upstream.lock().unwrap_or_else(|p| p.into_inner());
         match kept.take() {
-            Some((b, sender)) if b == backend => Some(sender),
+            Some((b, up)) if b == backend => Some(up),
             _ => None,
         }
     }
 
-    fn keep_upstream(&self, backend: Backend, sender: http1::SendRequest<Body>) {
-        *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = Some((backend, sender));
+    fn keep_upstream(&self, backend: Backend, up: Upstream) {
+        *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = Some((backend, up));
+    }
+
+    /// A response of orchd's own client as the proxy passes it on: a body already read whole
+    /// frees the connection for the next request at once; a longer one frees it when it ends.
+    fn answer(self: &Arc<Self>, backend: Backend, resp: Response<ResponseBody>) -> Response<Body> {
+        let (parts, mut body) = resp.into_parts();
+        let body = match body.whole() {
+            Some(bytes) => {
+                if let Some(up) = body.take_reusable() {
+                    self.keep_upstream(backend, up);
+                }
+                if bytes.is_empty() {
+                    Body::Empty
+                } else {
+                    Body::full(bytes)
+                }
+            }
+            None => Body::Upstream {
+                inner: body,
+                home: Some((self.clone(), backend)),
+                _guard: None,
+            },
+        };
+        Response::from_parts(parts, body)
     }
 }
 
 /// How long connecting to a backend may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A new upstream HTTP/1 connection to `backend`; its task runs on this worker.
-async fn connect(backend: Backend) -> Result<http1::SendRequest<Body>, String> {
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("connect to {}: {e}", backend.addr)),
-        Err(_) => return Err(format!("connect to {}: timed out", backend.addr)),
-    };
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("HTTP handshake with {}: {e}", backend.addr))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
-}
-
-/// Send a request (origin-form URI) to `backend` on the client connection's own upstream
-/// connection, or on a new one if there is none, it is closed, or it closed before taking the
-/// request.
-async fn send_own(
-    conn: &ClientConn,
+/// Send a request without a body (its head serialized) to `backend` on the client connection's
+/// own upstream connection, or on a new one if there is none or the backend closed it.
+async fn send_lean(
+    conn: &Arc<ClientConn>,
     backend: Backend,
-    mut req: Request<Body>,
-) -> Result<Response<Incoming>, String> {
-    if let Some(mut sender) = conn.take_upstream(backend) {
-        if sender.ready().await.is_ok() {
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    conn.keep_upstream(backend, sender);
-                    return Ok(resp);
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(e.into_error().to_string()),
-                },
+    head: &[u8],
+    idempotent: bool,
+    head_request: bool,
+) -> Result<Response<Body>, String> {
+    if let Some(up) = conn.take_upstream(backend) {
+        if up.still_open() {
+            match up.send(head, head_request).await {
+                Ok(resp) => return Ok(conn.answer(backend, resp)),
+                // The backend closed its kept connection as the request went out (its
+                // keep-alive timeout, say): once more on a new connection, if that is safe.
+                Err(e) if e.unsent() || (idempotent && e.before_response()) => {}
+                Err(e) => return Err(e.to_string()),
             }
         }
     }
     // Boxed: connecting happens once per client connection, not per request.
-    let mut sender = Box::pin(connect(backend)).await?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    conn.keep_upstream(backend, sender);
-    Ok(resp)
+    let up = Box::pin(Upstream::connect(backend.addr, CONNECT_TIMEOUT))
+        .await
+        .map_err(|e| e.to_string())?;
+    let resp = up
+        .send(head, head_request)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(conn.answer(backend, resp))
 }
-
-const HOP_BY_HOP: &[header::HeaderName] = &[
-    header::CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-];
 
 /// The forwarding headers orchd adds, as static names: inserting a `&str` name not in `http`'s
 /// standard set copies it into a new allocation, and cloning that (the retry template) another.
 static X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: header::HeaderName = header::HeaderName::from_static("x-forwarded-proto");
 
-fn is_hop_by_hop(name: &header::HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name == "keep-alive" || name == "proxy-connection"
+/// The fields a message's `Connection` header names: hop-by-hop too.
+fn connection_named(headers: &http::HeaderMap) -> Vec<header::HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| header::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect()
 }
 
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
@@ -512,18 +522,88 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    let named: Vec<header::HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| header::HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for h in HOP_BY_HOP.iter().chain(&named) {
+    let mut hop = connection_named(headers);
+    hop.extend(headers.keys().filter(|n| is_hop_by_hop(n)).cloned());
+    for h in &hop {
         headers.remove(h);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+}
+
+fn is_idempotent(method: &http::Method) -> bool {
+    matches!(
+        *method,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::PUT
+            | http::Method::DELETE
+    )
+}
+
+/// Whether orchd's own client takes the request: HTTP/1 without a body, not CONNECT and not
+/// an upgrade (everything else goes through hyper's).
+fn is_lean(req: &Request<Incoming>) -> bool {
+    req.version() < http::Version::HTTP_2
+        && hyper::body::Body::is_end_stream(req.body())
+        && req.method() != http::Method::CONNECT
+        && !is_upgrade(req)
+}
+
+/// The request's head for `backend`, serialized: its method and origin-form target, its fields
+/// but the hop-by-hop ones, `Host` kept (or filled in), `X-Forwarded-For` extended with the
+/// client's address and `X-Forwarded-Proto` set.
+fn lean_head(req: &Request<Incoming>, conn: &ClientConn, backend: Backend) -> Vec<u8> {
+    let headers = req.headers();
+    let mut out = Vec::with_capacity(256 + 64 * headers.len());
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let named = if headers.contains_key(header::CONNECTION) {
+        connection_named(headers)
+    } else {
+        Vec::new()
+    };
+    let (mut host, mut forwarded_for) = (false, false);
+    for (name, value) in headers {
+        if *name == X_FORWARDED_FOR {
+            forwarded_for = true;
+            continue;
+        }
+        if is_hop_by_hop(name) || *name == X_FORWARDED_PROTO || named.contains(name) {
+            continue;
+        }
+        host |= *name == header::HOST;
+        field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !host {
+        // An HTTP/1.0 client without Host: the URI's authority, else the backend's address.
+        match req.uri().authority() {
+            Some(auth) => field(&mut out, b"host", auth.as_str().as_bytes()),
+            None => field(&mut out, b"host", backend.addr.to_string().as_bytes()),
+        }
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if forwarded_for {
+        for value in headers.get_all(&X_FORWARDED_FOR) {
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+    }
+    match &conn.peer_value {
+        Some(v) => out.extend_from_slice(v.as_bytes()),
+        None => out.extend_from_slice(conn.peer.ip().to_string().as_bytes()),
+    }
+    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n\r\n");
+    out
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 fn is_upgrade(req: &Request<Incoming>) -> bool {
@@ -548,9 +628,6 @@ struct Outgoing {
     req: Request<Body>,
     backend: Backend,
     guard: OpenGuard,
-    /// On the client connection's own upstream connection (HTTP/1 without upgrade), or the
-    /// worker's pool.
-    own: bool,
     /// The client side of a requested protocol upgrade.
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     /// For a retry: idempotent requests without a body.
@@ -575,8 +652,8 @@ impl Refusal {
     }
 }
 
-/// The request rewritten for the active backend (origin-form or absolute URI, `Host` kept or
-/// filled in, hop-by-hop headers dropped, `X-Forwarded-*` added), or orchd's own answer.
+/// The request rewritten for the active backend and hyper's client (absolute URI, `Host` kept
+/// or filled in, hop-by-hop headers dropped, `X-Forwarded-*` added), or orchd's own answer.
 ///
 /// Synchronous on purpose: the future hyper keeps (and moves) per request then holds only
 /// what crosses an `.await`, not every intermediate of the rewrite.
@@ -586,25 +663,16 @@ fn prepare(mut req: Request<Incoming>, conn: &Arc<ClientConn>) -> Result<Outgoin
     };
     let guard = OpenGuard::new(GuardOwner::Conn(conn.clone()), backend.slot);
     let upgrade = is_upgrade(&req);
-    // HTTP/1 requests go on the client connection's own upstream connection (origin-form
-    // URI); HTTP/2 streams (concurrent) and upgrades go through the worker's pool.
-    let own = req.version() < http::Version::HTTP_2 && !upgrade;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let uri = if own {
-        origin_form(&parts.uri)
-    } else {
-        upstream_uri(&parts.uri, backend)
-    };
-    let Some(uri) = uri else {
+    let Some(uri) = upstream_uri(&parts.uri, backend) else {
         return Err(Refusal::BadTarget);
     };
     if parts.headers.get(header::HOST).is_none() {
         let host = match parts.uri.authority() {
             Some(auth) => HeaderValue::from_str(auth.as_str()).ok(),
             // An HTTP/1.0 client without Host: the backend's address, as a pool would send.
-            None if own => HeaderValue::from_str(&backend.addr.to_string()).ok(),
-            None => None,
+            None => HeaderValue::from_str(&backend.addr.to_string()).ok(),
         };
         if let Some(v) = host {
             parts.headers.insert(header::HOST, v);
@@ -640,20 +708,12 @@ fn prepare(mut req: Request<Incoming>, conn: &Arc<ClientConn>) -> Result<Outgoin
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
     let bodyless = hyper::body::Body::is_end_stream(&body);
-    let idempotent = matches!(
-        parts.method,
-        http::Method::GET
-            | http::Method::HEAD
-            | http::Method::OPTIONS
-            | http::Method::PUT
-            | http::Method::DELETE
-    );
-    let template = (bodyless && idempotent && !upgrade).then(|| Template::of(&parts));
+    let template =
+        (bodyless && is_idempotent(&parts.method) && !upgrade).then(|| Template::of(&parts));
     Ok(Outgoing {
         req: Request::from_parts(parts, Body::streamed(body)),
         backend,
         guard,
-        own,
         client_upgrade,
         template,
     })
@@ -663,48 +723,96 @@ async fn forward(
     req: Request<Incoming>,
     conn: Arc<ClientConn>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
+    Ok(if is_lean(&req) {
+        forward_lean(req, conn).await
+    } else {
+        // Boxed: the less common path's state is not part of every request's future.
+        Box::pin(forward_pooled(req, conn)).await
+    })
+}
+
+/// An HTTP/1 request without a body, through orchd's own client.
+async fn forward_lean(req: Request<Incoming>, conn: Arc<ClientConn>) -> Response<Body> {
+    let Some(backend) = conn.backend() else {
+        return Refusal::NoRelease.response();
+    };
+    let guard = OpenGuard::new(GuardOwner::Conn(conn.clone()), backend.slot);
+    let head = lean_head(&req, &conn, backend);
+    let head_request = req.method() == http::Method::HEAD;
+    let idempotent = is_idempotent(req.method());
+    drop(req);
+    let first = send_lean(&conn, backend, &head, idempotent, head_request).await;
+    let ctx: &Ctx = &conn.ctx;
+    // Outside a deploy's guarded window a response is streamed as it comes; otherwise a
+    // failure, or a small response, goes through the retries.
+    let resp = match first {
+        Ok(r) if !idempotent || !ctx.stats.guarded.load(Ordering::Relaxed) => r,
+        Err(e) if !idempotent => {
+            tracing::warn!(service = %ctx.service, backend = %backend.addr, error = %e, "proxy request failed");
+            return bad_gateway();
+        }
+        first => {
+            let again = |b| send_lean(&conn, b, &head, true, head_request);
+            // Boxed: the retry path's state (a switch wait, a buffered body) would otherwise
+            // be part of every request's future.
+            match Box::pin(with_retries(ctx, backend, first, again)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(service = %ctx.service, error = %e, "proxy request failed after retries");
+                    return bad_gateway();
+                }
+            }
+        }
+    };
+    resp.map(|body| body.with_guard(guard))
+}
+
+fn bad_gateway() -> Response<Body> {
+    plain(StatusCode::BAD_GATEWAY, "the service did not answer\n")
+}
+
+/// Any other request (with a body, HTTP/2, an upgrade), through hyper's client and the
+/// worker's pool.
+async fn forward_pooled(req: Request<Incoming>, conn: Arc<ClientConn>) -> Response<Body> {
     let Outgoing {
         req,
         backend,
         guard,
-        own,
         client_upgrade,
         template,
     } = match prepare(req, &conn) {
         Ok(out) => out,
-        Err(refusal) => return Ok(refusal.response()),
+        Err(refusal) => return refusal.response(),
     };
-    let first = if own {
-        send_own(&conn, backend, req).await
-    } else {
-        // The pool's handle is dropped before the wait, not kept in this future.
-        let pending = client().request(req);
-        pending.await.map_err(|e| e.to_string())
-    };
+    // The pool's handle is dropped before the wait, not kept in this future.
+    let pending = client().request(req);
+    let first = pending.await.map_err(|e| e.to_string());
     let ctx: &Ctx = &conn.ctx;
-    // Outside a deploy's guarded window a response is streamed as it comes (the template was
-    // for a failure); otherwise a failure, or a small response, goes through the retries.
     let mut resp = match first {
         Ok(r) if template.is_none() || !ctx.stats.guarded.load(Ordering::Relaxed) => r,
         first => {
-            return Ok(match template {
-                None => {
-                    if let Err(e) = &first {
-                        tracing::warn!(service = %ctx.service, backend = %backend.addr, error = %e, "proxy request failed");
-                    }
-                    plain(StatusCode::BAD_GATEWAY, "the service did not answer\n")
+            let Some(template) = template else {
+                if let Err(e) = &first {
+                    tracing::warn!(service = %ctx.service, backend = %backend.addr, error = %e, "proxy request failed");
                 }
-                // Boxed: the retry path's state (a switch wait, a buffered body) would
-                // otherwise be part of every request's future.
-                Some(template) => match Box::pin(with_retries(ctx, backend, template, first)).await
-                {
-                    Ok(r) => guarded(r, guard),
-                    Err(e) => {
-                        tracing::warn!(service = %ctx.service, error = %e, "proxy request failed after retries");
-                        plain(StatusCode::BAD_GATEWAY, "the service did not answer\n")
-                    }
-                },
-            });
+                return bad_gateway();
+            };
+            let first = first.map(|r| r.map(Body::streamed));
+            let again = |b| {
+                let req = upstream_uri(&template.uri, b).map(|uri| template.request(uri));
+                async move {
+                    let req = req.ok_or_else(|| "bad request target".to_string())?;
+                    let resp = client().request(req).await.map_err(|e| e.to_string())?;
+                    Ok(resp.map(Body::streamed))
+                }
+            };
+            return match with_retries(ctx, backend, first, again).await {
+                Ok(r) => guarded(r, guard),
+                Err(e) => {
+                    tracing::warn!(service = %ctx.service, error = %e, "proxy request failed after retries");
+                    bad_gateway()
+                }
+            };
         }
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -725,10 +833,10 @@ async fn forward(
                 cancel.run_until_cancelled(tunnel).await;
             });
             let (parts, _) = resp.into_parts();
-            return Ok(Response::from_parts(parts, Body::Empty));
+            return Response::from_parts(parts, Body::Empty);
         }
     }
-    Ok(guarded(resp, guard))
+    guarded(resp.map(Body::streamed), guard)
 }
 
 /// Responses up to this size are read whole before they are passed on, so a backend that dies
@@ -738,20 +846,22 @@ const BUFFER_MAX: u64 = 256 * 1024;
 const RETRY_WAIT: Duration = Duration::from_secs(2);
 
 /// An idempotent request without a body: if the upstream fails before a complete (small)
-/// response, wait for a switch (a rollback or a restart is usually under way) and try again,
-/// twice at most.
-async fn with_retries(
+/// response, wait for a switch (a rollback or a restart is usually under way) and try again
+/// (`again`, on the backend active then), twice at most.
+async fn with_retries<F, Fut>(
     ctx: &Ctx,
     mut backend: Backend,
-    template: Template,
-    first: Result<Response<Incoming>, String>,
-) -> Result<Response<Body>, String> {
+    first: Result<Response<Body>, String>,
+    mut again: F,
+) -> Result<Response<Body>, String>
+where
+    F: FnMut(Backend) -> Fut,
+    Fut: std::future::Future<Output = Result<Response<Body>, String>>,
+{
     let mut result = first;
     for attempt in 0..3 {
         let err = match result {
-            Ok(resp) if !ctx.stats.guarded.load(Ordering::Relaxed) => {
-                return Ok(resp.map(Body::streamed));
-            }
+            Ok(resp) if !ctx.stats.guarded.load(Ordering::Relaxed) => return Ok(resp),
             Ok(resp) => match buffer_small(resp).await {
                 Ok(resp) => return Ok(resp),
                 Err(e) => e,
@@ -769,22 +879,22 @@ async fn with_retries(
             return Err(err);
         };
         backend = now;
-        let uri = upstream_uri(&template.uri, backend).ok_or_else(|| err.clone())?;
-        let req = template.request(uri);
-        result = client().request(req).await.map_err(|e| e.to_string());
+        result = again(backend).await;
     }
     Err("no attempt left".into())
 }
 
-async fn buffer_small(resp: Response<Incoming>) -> Result<Response<Body>, String> {
-    let small = resp
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n <= BUFFER_MAX);
-    if !small {
-        return Ok(resp.map(Body::streamed));
+async fn buffer_small(resp: Response<Body>) -> Result<Response<Body>, String> {
+    use hyper::body::Body as _;
+    let small = resp.body().is_end_stream()
+        || resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n <= BUFFER_MAX);
+    if !small || matches!(resp.body(), Body::Full { .. } | Body::Empty) {
+        return Ok(resp);
     }
     let (parts, body) = resp.into_parts();
     let bytes = body
@@ -795,10 +905,10 @@ async fn buffer_small(resp: Response<Incoming>) -> Result<Response<Body>, String
     Ok(Response::from_parts(parts, Body::full(bytes)))
 }
 
-fn guarded<B: Into<Body>>(resp: Response<B>, guard: OpenGuard) -> Response<Body> {
+fn guarded(resp: Response<Body>, guard: OpenGuard) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body.into().with_guard(guard))
+    Response::from_parts(parts, body.with_guard(guard))
 }
 
 /// The request's path and query ("/" when it has none).
@@ -808,14 +918,7 @@ fn path_and_query(uri: &http::Uri) -> http::uri::PathAndQuery {
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
 }
 
-/// The request's path and query alone, as sent on a direct HTTP/1 connection.
-fn origin_form(uri: &http::Uri) -> Option<http::Uri> {
-    let mut parts = http::uri::Parts::default();
-    parts.path_and_query = Some(path_and_query(uri));
-    http::Uri::from_parts(parts).ok()
-}
-
-/// The request's path and query on `backend` (for the pool: HTTP/2 streams, upgrades, retries).
+/// The request's path and query on `backend`, for hyper's client.
 fn upstream_uri(uri: &http::Uri, backend: Backend) -> Option<http::Uri> {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(http::uri::Scheme::HTTP);
@@ -868,6 +971,13 @@ enum Body {
         inner: Incoming,
         _guard: Option<OpenGuard>,
     },
+    /// A response read from the backend by orchd's own client as it comes; the connection
+    /// goes `home` to its client connection when the body ends cleanly.
+    Upstream {
+        inner: ResponseBody,
+        home: Option<(Arc<ClientConn>, Backend)>,
+        _guard: Option<OpenGuard>,
+    },
     /// A response of orchd's own, or one read whole before it is passed on.
     Full {
         inner: Full<Bytes>,
@@ -901,28 +1011,41 @@ impl Body {
                 inner,
                 _guard: Some(guard),
             },
+            Body::Upstream { inner, home, .. } => Body::Upstream {
+                inner,
+                home,
+                _guard: Some(guard),
+            },
             // Nothing left to send: the request is done.
             Body::Empty => Body::Empty,
         }
     }
 }
 
-impl From<Incoming> for Body {
-    fn from(inner: Incoming) -> Body {
-        Body::streamed(inner)
-    }
-}
-
 impl hyper::body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            Body::Streamed { inner, .. } => std::pin::Pin::new(inner).poll_frame(cx),
+            Body::Streamed { inner, .. } => std::pin::Pin::new(inner)
+                .poll_frame(cx)
+                .map_err(BoxError::from),
+            Body::Upstream { inner, home, .. } => {
+                let polled = std::pin::Pin::new(&mut *inner)
+                    .poll_frame(cx)
+                    .map_err(BoxError::from);
+                if inner.is_end_stream() {
+                    if let (Some((conn, backend)), Some(up)) = (home.take(), inner.take_reusable())
+                    {
+                        conn.keep_upstream(backend, up);
+                    }
+                }
+                polled
+            }
             Body::Full { inner, .. } => std::pin::Pin::new(inner)
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
@@ -933,6 +1056,7 @@ impl hyper::body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Streamed { inner, .. } => inner.is_end_stream(),
+            Body::Upstream { inner, .. } => inner.is_end_stream(),
             Body::Full { inner, .. } => inner.is_end_stream(),
             Body::Empty => true,
         }
@@ -941,6 +1065,7 @@ impl hyper::body::Body for Body {
     fn size_hint(&self) -> hyper::body::SizeHint {
         match self {
             Body::Streamed { inner, .. } => inner.size_hint(),
+            Body::Upstream { inner, .. } => inner.size_hint(),
             Body::Full { inner, .. } => inner.size_hint(),
             Body::Empty => hyper::body::SizeHint::with_exact(0),
         }
@@ -1106,6 +1231,179 @@ mod tests {
             .expect("the tunnel is closed within 10 s of the proxy's end")
             .unwrap_or(0);
         assert_eq!(n, 0, "nothing more comes through the tunnel");
+    }
+
+    /// A backend answering by path, with the index of its connection in `x-conn`:
+    /// `/chunked` a chunked body, `/head` (HEAD) a length and no body, `/echo` the request's
+    /// fields as its body, `/close` an answer that closes the connection, `/bad` a malformed
+    /// head, `/cut` a body cut short.
+    fn backend_by_path() -> SocketAddr {
+        serve(|i, conn| {
+            let mut out = conn.try_clone().unwrap();
+            let mut lines = BufReader::new(conn).lines();
+            let mut fields = Vec::new();
+            let mut target = String::new();
+            while let Some(Ok(line)) = lines.next() {
+                if target.is_empty() {
+                    target = line;
+                    continue;
+                }
+                if !line.is_empty() {
+                    fields.push(line.to_ascii_lowercase());
+                    continue;
+                }
+                let target_path = target.split(' ').nth(1).unwrap_or("");
+                let path = target_path.split('?').next().unwrap_or("").to_owned();
+                let answer = match path.as_str() {
+                    "/chunked" => format!(
+                        "HTTP/1.1 200 OK\r\nx-conn: {i}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+                    ),
+                    "/head" => {
+                        format!("HTTP/1.1 200 OK\r\nx-conn: {i}\r\nContent-Length: 5\r\n\r\n")
+                    }
+                    "/echo" => {
+                        let body = format!("{target}|{}", fields.join("|"));
+                        format!(
+                            "HTTP/1.1 200 OK\r\nx-conn: {i}\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                    }
+                    "/close" => format!(
+                        "HTTP/1.1 200 OK\r\nx-conn: {i}\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+                    ),
+                    "/bad" => "HTTP/1.1 abc\r\n\r\n".to_owned(),
+                    _ => format!("HTTP/1.1 200 OK\r\nx-conn: {i}\r\nContent-Length: 10\r\n\r\nabc"),
+                };
+                if out.write_all(answer.as_bytes()).is_err()
+                    || path != "/chunked" && path != "/head" && path != "/echo"
+                {
+                    return;
+                }
+                target.clear();
+                fields.clear();
+            }
+        })
+    }
+
+    /// A keep-alive client connection to the proxy (hyper's client, as a test tool).
+    async fn client_connection(
+        front: SocketAddr,
+    ) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+        let stream = TcpStream::connect(front).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        sender
+    }
+
+    /// Status, `x-conn`, `content-length` and body of a request on `sender`, or the error.
+    async fn ask(
+        sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(u16, String, String, String), String> {
+        let exchange = async {
+            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            let field = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            let (status, conn, length) = (
+                resp.status().as_u16(),
+                field("x-conn"),
+                field("content-length"),
+            );
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok((
+                status,
+                conn,
+                length,
+                String::from_utf8_lossy(&body).into_owned(),
+            ))
+        };
+        tokio::time::timeout(T, exchange)
+            .await
+            .expect("an answer within 10 s")
+    }
+
+    fn get(method: &str, path: &str) -> http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "shop.example")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_without_a_body_share_one_upstream_connection_whatever_the_framing() {
+        let proxy = http_proxy(Some(backend_by_path())).await;
+        let mut c = client_connection(proxy.listen).await;
+        let empty = || Full::new(Bytes::new());
+        let chunked = ask(&mut c, get("GET", "/chunked").body(empty()).unwrap()).await;
+        assert_eq!(
+            chunked,
+            Ok((200, "0".into(), "".into(), "hello world".into()))
+        );
+        let head = ask(&mut c, get("HEAD", "/head").body(empty()).unwrap()).await;
+        assert_eq!(head, Ok((200, "0".into(), "5".into(), "".into())));
+        let echo = get("DELETE", "/echo?x=1")
+            .header("connection", "keep-alive, x-hop")
+            .header("x-hop", "dropped")
+            .header("keep-alive", "timeout=5")
+            .header("accept", "a")
+            .header("x-forwarded-for", "10.0.0.1")
+            .header("accept", "b")
+            .header("x-forwarded-for", "10.0.0.2")
+            .header("x-forwarded-proto", "https")
+            .body(empty())
+            .unwrap();
+        let (status, conn, _, fields) = ask(&mut c, echo).await.unwrap();
+        assert_eq!((status, conn.as_str()), (200, "0"));
+        assert_eq!(
+            fields,
+            "DELETE /echo?x=1 HTTP/1.1|host: shop.example|accept: a|accept: b|x-forwarded-for: 10.0.0.1, 10.0.0.2, 127.0.0.1|x-forwarded-proto: http"
+        );
+        let close = ask(&mut c, get("GET", "/close").body(empty()).unwrap()).await;
+        assert_eq!(close, Ok((200, "0".into(), "2".into(), "ok".into())));
+        // The backend closed that one: the next request goes on a new upstream connection.
+        let next = ask(&mut c, get("GET", "/chunked").body(empty()).unwrap()).await;
+        assert_eq!(next, Ok((200, "1".into(), "".into(), "hello world".into())));
+        assert_eq!(proxy.stats().open(0), 0, "every request is counted out");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broken_answer_is_a_502_or_a_cut_connection_and_the_proxy_serves_on() {
+        let proxy = http_proxy(Some(backend_by_path())).await;
+        let mut c = client_connection(proxy.listen).await;
+        let empty = || Full::new(Bytes::new());
+        // A POST (without a body) is not retried: the 502 comes at once.
+        let bad = ask(&mut c, get("POST", "/bad").body(empty()).unwrap()).await;
+        assert_eq!(
+            bad,
+            Ok((
+                502,
+                "".into(),
+                "27".into(),
+                "the service did not answer\n".into()
+            ))
+        );
+        // The same client connection goes on.
+        let ok = ask(&mut c, get("GET", "/chunked").body(empty()).unwrap()).await;
+        assert_eq!(ok, Ok((200, "1".into(), "".into(), "hello world".into())));
+        // A body cut short reaches the client as a cut connection, never as a whole answer.
+        let cut = ask(&mut c, get("GET", "/cut").body(empty()).unwrap()).await;
+        assert!(cut.is_err(), "{cut:?}");
+        let mut c = client_connection(proxy.listen).await;
+        let ok = ask(&mut c, get("GET", "/chunked").body(empty()).unwrap()).await;
+        assert_eq!(ok.map(|r| r.3), Ok("hello world".into()));
+        assert_eq!(proxy.stats().open(0), 0, "every request is counted out");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,843 @@
+//! The proxy's own HTTP/1.1 client, for its most common request: an HTTP/1 request without a
+//! body (GET, HEAD, DELETE…) on a client connection's kept upstream connection.
+//!
+//! hyper's client is built for any use: a request crosses a channel to a connection task, and
+//! the response body another channel back. A proxy forwarding one request at a time on its own
+//! connection needs neither, so this client writes the request head the proxy serialized,
+//! parses the response head with `httparse`, and hands hyper's server a body that reads the
+//! backend's socket directly (content-length, chunked or close-delimited framing; no body for
+//! HEAD, 1xx, 204 and 304). When a body ends cleanly on a connection the backend keeps open,
+//! the connection goes back to the client connection for its next request.
+//!
+//! Everything else (request bodies, upgrades, HTTP/2 streams) goes through hyper's client.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Response, StatusCode};
+use hyper::body::{Frame, SizeHint};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The largest response head (and chunked trailer section) accepted: hyper's default, too.
+const MAX_HEAD: usize = 64 * 1024;
+/// The most header fields in a response head.
+const MAX_HEADERS: usize = 100;
+/// A read asks for at least this much room.
+const MIN_READ: usize = 4 * 1024;
+/// What a read buffer grows by.
+const READ_SIZE: usize = 16 * 1024;
+
+/// What went wrong talking to a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to the service at {addr}: {source}")]
+    Connect { addr: SocketAddr, source: io::Error },
+    #[error("cannot connect to the service at {addr}: no answer within {}s", timeout.as_secs())]
+    ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("cannot send the request to the service: {0}")]
+    Unsent(io::Error),
+    #[error("the service closed the connection without answering")]
+    Closed,
+    #[error("reading the service's response: {0}")]
+    Read(io::Error),
+    #[error("the service's response ended within its head")]
+    TruncatedHead,
+    #[error("malformed response head from the service: {0}")]
+    Malformed(String),
+    #[error("the service's response head is larger than {} KiB", MAX_HEAD / 1024)]
+    HeadTooLarge,
+    #[error("the service switched protocols without being asked to")]
+    UnaskedUpgrade,
+    #[error("malformed chunked body from the service: {0}")]
+    BadChunk(&'static str),
+    #[error("the service closed the connection {0} bytes before the end of its response body")]
+    ClosedMidBody(u64),
+}
+
+impl UpstreamError {
+    /// The request never reached the backend whole: sending it again is safe for any request.
+    pub fn unsent(&self) -> bool {
+        matches!(self, UpstreamError::Unsent(_))
+    }
+
+    /// The connection ended before a byte of response: the backend may or may not have acted
+    /// on the request, so only an idempotent one may be sent again.
+    pub fn before_response(&self) -> bool {
+        matches!(self, UpstreamError::Unsent(_) | UpstreamError::Closed)
+    }
+}
+
+/// An HTTP/1.1 connection to a backend, with what was read past the last response.
+pub struct Upstream {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Upstream {
+    pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Upstream, UpstreamError> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
+            Err(_) => return Err(UpstreamError::ConnectTimeout { addr, timeout }),
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(Upstream {
+            stream,
+            buf: BytesMut::with_capacity(8 * 1024),
+        })
+    }
+
+    /// Whether a kept connection is still fit for a request: the backend has neither closed it
+    /// nor sent anything since the last response. Costs no system call while the reactor has
+    /// seen nothing arrive on it.
+    pub fn still_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Send a serialized request head (a request without a body) and read the response head.
+    /// `head_request`: it was a HEAD request, whose response has no body whatever it says.
+    pub async fn send(
+        mut self,
+        request: &[u8],
+        head_request: bool,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        self.stream
+            .write_all(request)
+            .await
+            .map_err(UpstreamError::Unsent)?;
+        let mut received = false;
+        loop {
+            if !self.buf.is_empty() {
+                if let Some((status, headers, state, reusable)) = self.parse_head(head_request)? {
+                    let mut body = ResponseBody {
+                        up: Some(self),
+                        state,
+                        reusable,
+                    };
+                    if body.state == State::Length(0) {
+                        body.finish();
+                    }
+                    let mut response = Response::new(body);
+                    *response.status_mut() = status;
+                    *response.headers_mut() = headers;
+                    return Ok(response);
+                }
+            }
+            if self.buf.capacity() - self.buf.len() < MIN_READ {
+                self.buf.reserve(READ_SIZE);
+            }
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) if received => return Err(UpstreamError::TruncatedHead),
+                Ok(0) => return Err(UpstreamError::Closed),
+                Ok(_) => received = true,
+                Err(e) if !received && is_reset(&e) => return Err(UpstreamError::Closed),
+                Err(e) => return Err(UpstreamError::Read(e)),
+            }
+        }
+    }
+
+    /// The response's status, fields (hop-by-hop ones dropped), body framing and whether the
+    /// connection stays open after it, once its head is all in the buffer (interim 1xx
+    /// responses skipped).
+    fn parse_head(&mut self, head_request: bool) -> Result<Option<Head>, UpstreamError> {
+        loop {
+            // Where each field's name and value lie in the head, to slice them out of it once
+            // it is split off the buffer (values then share its memory instead of copies).
+            let mut at = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+            let (len, code, http10, count) = {
+                let mut fields = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+                let mut parsed = httparse::Response::new(&mut []);
+                let len = match httparse::ParserConfig::default()
+                    .parse_response_with_uninit_headers(&mut parsed, &self.buf, &mut fields)
+                {
+                    Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
+                    Ok(httparse::Status::Complete(_)) => return Err(UpstreamError::HeadTooLarge),
+                    Ok(httparse::Status::Partial) if self.buf.len() >= MAX_HEAD => {
+                        return Err(UpstreamError::HeadTooLarge);
+                    }
+                    Ok(httparse::Status::Partial) => return Ok(None),
+                    Err(e) => return Err(UpstreamError::Malformed(e.to_string())),
+                };
+                let base = self.buf.as_ptr() as usize;
+                let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+                for (slot, field) in at.iter_mut().zip(parsed.headers.iter()) {
+                    let name = offset(field.name.as_bytes());
+                    let value = offset(field.value);
+                    *slot = (
+                        name,
+                        name + field.name.len() as u32,
+                        value,
+                        value + field.value.len() as u32,
+                    );
+                }
+                (
+                    len,
+                    parsed.code.unwrap_or(0),
+                    parsed.version == Some(0),
+                    parsed.headers.len(),
+                )
+            };
+            let status = StatusCode::from_u16(code)
+                .map_err(|_| UpstreamError::Malformed(format!("status code {code}")))?;
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(UpstreamError::UnaskedUpgrade);
+            }
+            if status.is_informational() {
+                // 100 Continue, 103 Early Hints…: the final response follows.
+                self.buf.advance(len);
+                continue;
+            }
+            let head = self.buf.split_to(len).freeze();
+            let mut headers = HeaderMap::with_capacity(count);
+            let mut length: Option<u64> = None;
+            let mut chunked = None;
+            let mut close = http10;
+            let mut named = Vec::new();
+            for &(ns, ne, vs, ve) in &at[..count] {
+                let malformed = || UpstreamError::Malformed("invalid header field".into());
+                let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+                    .map_err(|_| malformed())?;
+                let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+                    .map_err(|_| malformed())?;
+                if name == header::CONTENT_LENGTH {
+                    let n = parse_length(value.as_bytes())?;
+                    if length.is_some_and(|l| l != n) {
+                        return Err(UpstreamError::Malformed(
+                            "conflicting Content-Length fields".into(),
+                        ));
+                    }
+                    length = Some(n);
+                } else if name == header::TRANSFER_ENCODING {
+                    // Whether the last coding is chunked decides the framing.
+                    chunked = Some(last_token_is(value.as_bytes(), b"chunked"));
+                    continue;
+                } else if name == header::CONNECTION {
+                    for token in tokens(value.as_bytes()) {
+                        if token.eq_ignore_ascii_case(b"close") {
+                            close = true;
+                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                            close = false;
+                        } else if let Ok(n) = HeaderName::from_bytes(token) {
+                            named.push(n);
+                        }
+                    }
+                    continue;
+                } else if is_hop_by_hop(&name) {
+                    continue;
+                }
+                headers.append(name, value);
+            }
+            for n in &named {
+                headers.remove(n);
+            }
+            let state = if head_request
+                || status == StatusCode::NO_CONTENT
+                || status == StatusCode::NOT_MODIFIED
+            {
+                State::Length(0)
+            } else {
+                match (chunked, length) {
+                    (Some(true), _) => State::Chunked(Chunk::Size),
+                    // A transfer coding without chunked ends at the close (RFC 9112 §6.3).
+                    (Some(false), _) => State::Eof,
+                    (None, Some(n)) => State::Length(n),
+                    (None, None) => State::Eof,
+                }
+            };
+            // Both framings at once is a smuggling attempt or a broken server: no reuse.
+            let both = chunked.is_some() && length.is_some();
+            let reusable = !(close || both || state == State::Eof);
+            return Ok(Some((status, headers, state, reusable)));
+        }
+    }
+}
+
+/// A parsed response head: status, fields, body framing, connection kept open after it.
+type Head = (StatusCode, HeaderMap, State, bool);
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// Connection-level fields, which describe one hop and are not passed on.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == header::PROXY_AUTHORIZATION
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+/// The comma-separated tokens of a field value, trimmed.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+fn last_token_is(value: &[u8], token: &[u8]) -> bool {
+    tokens(value)
+        .last()
+        .is_some_and(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// A Content-Length value: digits, or a list of equal ones ("3, 3", as some servers merge).
+fn parse_length(value: &[u8]) -> Result<u64, UpstreamError> {
+    let bad = || UpstreamError::Malformed("invalid Content-Length".into());
+    let mut length = None;
+    for t in value.split(|&b| b == b',').map(|t| t.trim_ascii()) {
+        if t.is_empty() || t.len() > 19 || !t.iter().all(u8::is_ascii_digit) {
+            return Err(bad());
+        }
+        let n = t.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if length.is_some_and(|l| l != n) {
+            return Err(bad());
+        }
+        length = Some(n);
+    }
+    length.ok_or_else(bad)
+}
+
+/// Where a response body is in its framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// This many bytes left (content-length, or none for HEAD, 204, 304).
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the backend closes the connection.
+    Eof,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// At a chunk-size line.
+    Size,
+    /// Within a chunk's data: this many bytes left.
+    Data(u64),
+    /// At the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: at the trailer section (dropped: the client never asked for it).
+    Trailers,
+}
+
+/// A response body read from the backend's socket as hyper's server asks for it.
+pub struct ResponseBody {
+    /// The connection, until the body is done (and after, if it can serve another request).
+    up: Option<Upstream>,
+    state: State,
+    /// The backend keeps the connection open after this response.
+    reusable: bool,
+}
+
+impl ResponseBody {
+    /// The whole body, if it is already read (a short content-length response, or none).
+    pub fn whole(&mut self) -> Option<Bytes> {
+        let n = match self.state {
+            State::Done => return Some(Bytes::new()),
+            State::Length(n) => n,
+            _ => return None,
+        };
+        let up = self.up.as_mut()?;
+        if (up.buf.len() as u64) < n {
+            return None;
+        }
+        let bytes = up.buf.split_to(n as usize).freeze();
+        self.finish();
+        Some(bytes)
+    }
+
+    /// The connection, once the body is done and the backend keeps it open for another request.
+    pub fn take_reusable(&mut self) -> Option<Upstream> {
+        if self.state == State::Done && self.reusable {
+            self.up.take()
+        } else {
+            None
+        }
+    }
+
+    fn finish(&mut self) {
+        self.state = State::Done;
+        // Bytes past the response before another request: a confused backend; not reused.
+        if !self.reusable || self.up.as_ref().is_some_and(|up| !up.buf.is_empty()) {
+            self.reusable = false;
+            self.up = None;
+        }
+    }
+
+    /// Read more of the body into the buffer; `Ok(0)` at the end of the stream.
+    fn poll_fill(up: &mut Upstream, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if up.buf.capacity() - up.buf.len() < MIN_READ {
+            up.buf.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut up.stream), cx, &mut up.buf)
+    }
+}
+
+type BodyResult = Option<Result<Frame<Bytes>, UpstreamError>>;
+
+impl hyper::body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(up) = this.up.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let data = |up: &mut Upstream, n: usize| -> BodyResult {
+                Some(Ok(Frame::data(up.buf.split_to(n).freeze())))
+            };
+            match this.state {
+                State::Done => return Poll::Ready(None),
+                State::Length(0) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                State::Length(left) | State::Chunked(Chunk::Data(left)) if !up.buf.is_empty() => {
+                    let n = (up.buf.len() as u64).min(left);
+                    let frame = data(up, n as usize);
+                    match this.state {
+                        // The last bytes: done now, so hyper (which asks `is_end_stream` after
+                        // each frame) need not poll again and the connection is free at once.
+                        State::Length(_) if n == left => this.finish(),
+                        State::Length(_) => this.state = State::Length(left - n),
+                        _ if n == left => this.state = State::Chunked(Chunk::DataEnd),
+                        _ => this.state = State::Chunked(Chunk::Data(left - n)),
+                    }
+                    return Poll::Ready(frame);
+                }
+                State::Eof if !up.buf.is_empty() => {
+                    let n = up.buf.len();
+                    return Poll::Ready(data(up, n));
+                }
+                State::Chunked(Chunk::Size) if !up.buf.is_empty() => {
+                    match httparse::parse_chunk_size(&up.buf) {
+                        Ok(httparse::Status::Complete((used, size))) => {
+                            up.buf.advance(used);
+                            this.state = State::Chunked(if size == 0 {
+                                Chunk::Trailers
+                            } else {
+                                Chunk::Data(size)
+                            });
+                            continue;
+                        }
+                        Ok(httparse::Status::Partial) if up.buf.len() >= MIN_READ => {
+                            return Poll::Ready(Some(Err(UpstreamError::BadChunk(
+                                "chunk-size line too long",
+                            ))));
+                        }
+                        Ok(httparse::Status::Partial) => {}
+                        Err(_) => {
+                            return Poll::Ready(Some(Err(UpstreamError::BadChunk(
+                                "invalid chunk size",
+                            ))));
+                        }
+                    }
+                }
+                State::Chunked(Chunk::DataEnd) if up.buf.len() >= 2 => {
+                    if &up.buf[..2] != b"\r\n" {
+                        return Poll::Ready(Some(Err(UpstreamError::BadChunk(
+                            "no CRLF after chunk data",
+                        ))));
+                    }
+                    up.buf.advance(2);
+                    this.state = State::Chunked(Chunk::Size);
+                    continue;
+                }
+                State::Chunked(Chunk::Trailers) if !up.buf.is_empty() => {
+                    let mut fields = [httparse::EMPTY_HEADER; 32];
+                    match httparse::parse_headers(&up.buf, &mut fields) {
+                        Ok(httparse::Status::Complete((used, _))) => {
+                            up.buf.advance(used);
+                            this.finish();
+                            return Poll::Ready(None);
+                        }
+                        Ok(httparse::Status::Partial) if up.buf.len() >= MAX_HEAD => {
+                            return Poll::Ready(Some(Err(UpstreamError::BadChunk(
+                                "trailer section too large",
+                            ))));
+                        }
+                        Ok(httparse::Status::Partial) => {}
+                        Err(_) => {
+                            return Poll::Ready(Some(Err(UpstreamError::BadChunk(
+                                "malformed trailer section",
+                            ))));
+                        }
+                    }
+                }
+                // Nothing (or not enough) buffered for the state: read on.
+                _ => {}
+            }
+            match ready!(ResponseBody::poll_fill(up, cx)) {
+                Ok(0) => {
+                    return Poll::Ready(match this.state {
+                        State::Eof => {
+                            this.reusable = false;
+                            this.finish();
+                            None
+                        }
+                        State::Length(left) => Some(Err(UpstreamError::ClosedMidBody(left))),
+                        _ => Some(Err(UpstreamError::BadChunk(
+                            "the connection closed within the chunked body",
+                        ))),
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(UpstreamError::Read(e)))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done | State::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Length(n) => SizeHint::with_exact(n),
+            State::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::io::{Read, Write};
+
+    const T: Duration = Duration::from_secs(10);
+
+    /// A backend for one connection: it reads a request head, answers `response` (all at
+    /// once, or a byte per write to make the client parse it in pieces), then closes the
+    /// connection if `close`, else waits for the client to close it.
+    fn backend(response: &'static [u8], bytewise: bool, close: bool) -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.set_nodelay(true).unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            if bytewise {
+                for b in response {
+                    if conn.write_all(std::slice::from_ref(b)).is_err() {
+                        return;
+                    }
+                }
+            } else if conn.write_all(response).is_err() {
+                return;
+            }
+            if !close {
+                let _ = conn.read(&mut byte);
+            }
+        });
+        addr
+    }
+
+    /// What the client made of a response: status, fields, body, and whether the connection
+    /// came back for another request; or the error.
+    async fn fetch(
+        response: &'static [u8],
+        head_request: bool,
+        bytewise: bool,
+        close: bool,
+    ) -> Result<(u16, HeaderMap, Vec<u8>, bool), UpstreamError> {
+        let addr = backend(response, bytewise, close);
+        let exchange = async {
+            let up = Upstream::connect(addr, T).await?;
+            let method: &[u8] = if head_request { b"HEAD" } else { b"GET" };
+            let request = [method, b" / HTTP/1.1\r\nhost: t\r\n\r\n"].concat();
+            let resp = up.send(&request, head_request).await?;
+            let (parts, mut body) = resp.into_parts();
+            let mut data = Vec::new();
+            while let Some(frame) = body.frame().await {
+                if let Ok(bytes) = frame?.into_data() {
+                    data.extend_from_slice(&bytes);
+                }
+            }
+            Ok((
+                parts.status.as_u16(),
+                parts.headers,
+                data,
+                body.take_reusable().is_some(),
+            ))
+        };
+        tokio::time::timeout(T, exchange)
+            .await
+            .expect("the exchange ends within 10 s")
+    }
+
+    #[tokio::test]
+    async fn every_framing_is_read_to_its_end_and_the_connection_kept_only_when_it_can_be() {
+        /// (response, HEAD request, backend closes after it, status, body, connection kept)
+        type Case = (&'static [u8], bool, bool, u16, &'static [u8], bool);
+        let cases: &[Case] = &[
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+                false,
+                false,
+                200,
+                b"hello",
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: 1\r\n\r\n",
+                false,
+                false,
+                200,
+                b"hello world",
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                false,
+                false,
+                200,
+                b"abc",
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
+                false,
+                true,
+                200,
+                b"until the end",
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nraw bytes",
+                false,
+                true,
+                200,
+                b"raw bytes",
+                false,
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                false,
+                false,
+                200,
+                b"ok",
+                false,
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+                false,
+                false,
+                200,
+                b"ok",
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+                false,
+                false,
+                200,
+                b"ok",
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                true,
+                false,
+                200,
+                b"",
+                true,
+            ),
+            (
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+                false,
+                false,
+                204,
+                b"",
+                true,
+            ),
+            (
+                b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false,
+                false,
+                304,
+                b"",
+                true,
+            ),
+            (
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\nnew",
+                false,
+                false,
+                201,
+                b"new",
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nabc",
+                false,
+                false,
+                200,
+                b"abc",
+                true,
+            ),
+            (
+                // Both framings: chunked wins and the connection is not trusted again.
+                b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+                false,
+                false,
+                200,
+                b"hi",
+                false,
+            ),
+        ];
+        for &(response, head_request, close, status, body, kept) in cases {
+            for bytewise in [false, true] {
+                let shown = String::from_utf8_lossy(response);
+                let (s, headers, b, k) = fetch(response, head_request, bytewise, close)
+                    .await
+                    .unwrap_or_else(|e| panic!("{shown:?} (bytewise {bytewise}): {e}"));
+                assert_eq!(s, status, "{shown:?}");
+                assert_eq!(b, body, "{shown:?} (bytewise {bytewise})");
+                assert_eq!(k, kept, "connection kept after {shown:?}");
+                for hop in ["transfer-encoding", "connection"] {
+                    assert!(!headers.contains_key(hop), "{hop} passed on: {shown:?}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_with_bytes_past_the_response_is_not_used_again() {
+        // One write, so the client reads it whole: the extra bytes are there with the body.
+        let (_, _, body, kept) = fetch(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n",
+            false,
+            false,
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(body, b"ok");
+        assert!(!kept);
+    }
+
+    #[tokio::test]
+    async fn fields_keep_their_order_and_those_connection_names_are_dropped() {
+        let (_, headers, body, kept) = fetch(
+            b"HTTP/1.1 200 OK\r\nConnection: x-hop, keep-alive\r\nKeep-Alive: timeout=5\r\nSet-Cookie: a=1\r\nX-Hop: secret\r\nSet-Cookie: b=2\r\nContent-Length: 0\r\n\r\n",
+            false,
+            false,
+            false,
+        )
+        .await
+        .unwrap();
+        let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert_eq!(headers.len(), 3, "{headers:?}");
+        assert!(body.is_empty());
+        assert!(kept);
+    }
+
+    #[tokio::test]
+    async fn broken_responses_are_errors_that_say_what_was_wrong() {
+        let large = format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\n\r\n", "v".repeat(70_000));
+        let large: &'static [u8] = large.into_bytes().leak();
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("X-F{i}: v\r\n"))
+            .collect();
+        let many = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+        let many: &'static [u8] = many.into_bytes().leak();
+        // (response, the error's message, sending again is safe for an idempotent request)
+        let cases: &[(&[u8], &str, bool)] = &[
+            (b"", "closed the connection without answering", true),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Le",
+                "ended within its head",
+                false,
+            ),
+            (b"HTTP/1.1 abc OK\r\n\r\n", "malformed response head", false),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\n",
+                "invalid Content-Length",
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+                "conflicting Content-Length",
+                false,
+            ),
+            (
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+                "switched protocols without being asked",
+                false,
+            ),
+            (large, "larger than 64 KiB", false),
+            (many, "too many headers", false),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+                "closed the connection 7 bytes before the end of its response body",
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                "invalid chunk size",
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX\r\n",
+                "no CRLF after chunk data",
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+                "closed within the chunked body",
+                false,
+            ),
+        ];
+        for &(response, message, retry) in cases {
+            let shown = String::from_utf8_lossy(&response[..response.len().min(80)]);
+            let e = fetch(response, false, false, true)
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{shown:?} was taken for a response"));
+            assert!(e.to_string().contains(message), "{shown:?}: {e}");
+            assert_eq!(e.before_response(), retry, "{shown:?}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_the_backend_closed_is_seen_as_closed() {
+        let addr = backend(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false, true);
+        let up = Upstream::connect(addr, T).await.unwrap();
+        assert!(up.still_open(), "a fresh connection is open");
+        let resp = up.send(b"GET / HTTP/1.1\r\n\r\n", false).await.unwrap();
+        let up = resp.into_body().take_reusable().expect("kept");
+        // The backend closes after answering: once its FIN is in, the connection is unfit.
+        tokio::time::timeout(T, up.stream.readable())
+            .await
+            .expect("the close arrives within 10 s")
+            .unwrap();
+        assert!(!up.still_open());
+    }
+}
