@@ -1303,6 +1303,8 @@ mod tests {
         req: Request<Full<Bytes>>,
     ) -> Result<(u16, String, String, String), String> {
         let exchange = async {
+            // Ready first: hyper's client refuses a request while the last one is finishing.
+            sender.ready().await.map_err(|e| e.to_string())?;
             let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
             let field = |name: &str| {
                 resp.headers()
