@@ -31,6 +31,8 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// A read asks for at least this much room.
 const MIN_READ: usize = 4 * 1024;
+/// The longest chunk-size line (with its extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// What a read buffer grows by.
 const READ_SIZE: usize = 16 * 1024;
 
@@ -116,7 +118,13 @@ impl Upstream {
         let mut received = false;
         loop {
             if !self.buf.is_empty() {
-                if let Some((status, headers, state, reusable)) = self.parse_head(head_request)? {
+                if let Some(head) = self.parse_head(head_request)? {
+                    let Head {
+                        status,
+                        headers,
+                        state,
+                        reusable,
+                    } = head;
                     let mut body = ResponseBody {
                         up: Some(self),
                         state,
@@ -144,9 +152,7 @@ impl Upstream {
         }
     }
 
-    /// The response's status, fields (hop-by-hop ones dropped), body framing and whether the
-    /// connection stays open after it, once its head is all in the buffer (interim 1xx
-    /// responses skipped).
+    /// The response's head, once it is all in the buffer (interim 1xx responses skipped).
     fn parse_head(&mut self, head_request: bool) -> Result<Option<Head>, UpstreamError> {
         loop {
             // Where each field's name and value lie in the head, to slice them out of it once
@@ -197,9 +203,11 @@ impl Upstream {
             }
             let head = self.buf.split_to(len).freeze();
             let mut headers = HeaderMap::with_capacity(count);
-            let mut length: Option<u64> = None;
-            let mut chunked = None;
-            let mut close = http10;
+            // Content-Length: judged only if it frames the body (a HEAD's may be anything).
+            let mut length: Option<Result<u64, &'static str>> = None;
+            // Transfer-Encoding: how many codings, and how many of them chunked.
+            let (mut codings, mut chunked) = (0, 0);
+            let (mut close, mut keep_alive) = (false, false);
             let mut named = Vec::new();
             for &(ns, ne, vs, ve) in &at[..count] {
                 let malformed = || UpstreamError::Malformed("invalid header field".into());
@@ -208,23 +216,23 @@ impl Upstream {
                 let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
                     .map_err(|_| malformed())?;
                 if name == header::CONTENT_LENGTH {
-                    let n = parse_length(value.as_bytes())?;
-                    if length.is_some_and(|l| l != n) {
-                        return Err(UpstreamError::Malformed(
-                            "conflicting Content-Length fields".into(),
-                        ));
-                    }
-                    length = Some(n);
+                    length = Some(match (length, parse_length(value.as_bytes())) {
+                        (Some(Err(e)), _) | (_, Err(e)) => Err(e),
+                        (Some(Ok(l)), Ok(n)) if l != n => Err("conflicting Content-Length fields"),
+                        (_, Ok(n)) => Ok(n),
+                    });
                 } else if name == header::TRANSFER_ENCODING {
-                    // Whether the last coding is chunked decides the framing.
-                    chunked = Some(last_token_is(value.as_bytes(), b"chunked"));
+                    for coding in tokens(value.as_bytes()) {
+                        codings += 1;
+                        chunked += usize::from(coding.eq_ignore_ascii_case(b"chunked"));
+                    }
                     continue;
                 } else if name == header::CONNECTION {
                     for token in tokens(value.as_bytes()) {
                         if token.eq_ignore_ascii_case(b"close") {
                             close = true;
                         } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                            close = false;
+                            keep_alive = true;
                         } else if let Ok(n) = HeaderName::from_bytes(token) {
                             named.push(n);
                         }
@@ -238,30 +246,62 @@ impl Upstream {
             for n in &named {
                 headers.remove(n);
             }
+            let encoded = codings > 0;
             let state = if head_request
                 || status == StatusCode::NO_CONTENT
                 || status == StatusCode::NOT_MODIFIED
             {
                 State::Length(0)
+            } else if encoded {
+                // RFC 9112 §6.1: chunked alone is what a proxy can pass on without knowing
+                // the other codings, and HTTP/1.0 has no transfer codings at all.
+                if http10 {
+                    return Err(UpstreamError::Malformed(
+                        "Transfer-Encoding in an HTTP/1.0 response".into(),
+                    ));
+                }
+                if codings != 1 || chunked != 1 {
+                    return Err(UpstreamError::Malformed(
+                        "a Transfer-Encoding other than chunked".into(),
+                    ));
+                }
+                State::Chunked(Chunk::Size)
             } else {
-                match (chunked, length) {
-                    (Some(true), _) => State::Chunked(Chunk::Size),
-                    // A transfer coding without chunked ends at the close (RFC 9112 §6.3).
-                    (Some(false), _) => State::Eof,
-                    (None, Some(n)) => State::Length(n),
-                    (None, None) => State::Eof,
+                match length {
+                    Some(Ok(n)) => State::Length(n),
+                    Some(Err(e)) => return Err(UpstreamError::Malformed(e.into())),
+                    None => State::Eof,
                 }
             };
-            // Both framings at once is a smuggling attempt or a broken server: no reuse.
-            let both = chunked.is_some() && length.is_some();
-            let reusable = !(close || both || state == State::Eof);
-            return Ok(Some((status, headers, state, reusable)));
+            let both = encoded && length.is_some();
+            if both {
+                // Chunked framing wins, and the length must not reach the client (RFC 9112
+                // §6.3): hyper would frame the body by it.
+                headers.remove(header::CONTENT_LENGTH);
+            }
+            // `close` always wins; HTTP/1.0 keeps a connection only when asked to. Both
+            // framings at once is a smuggling attempt or a broken server: not trusted again.
+            let kept = !close && (!http10 || keep_alive);
+            return Ok(Some(Head {
+                status,
+                headers,
+                state,
+                reusable: kept && !both && state != State::Eof,
+            }));
         }
     }
 }
 
-/// A parsed response head: status, fields, body framing, connection kept open after it.
-type Head = (StatusCode, HeaderMap, State, bool);
+/// A parsed response head.
+struct Head {
+    status: StatusCode,
+    /// Its fields, hop-by-hop ones dropped.
+    headers: HeaderMap,
+    /// How its body is framed.
+    state: State,
+    /// The backend keeps the connection open after it.
+    reusable: bool,
+}
 
 fn is_reset(e: &io::Error) -> bool {
     matches!(
@@ -290,27 +330,21 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
-fn last_token_is(value: &[u8], token: &[u8]) -> bool {
-    tokens(value)
-        .last()
-        .is_some_and(|t| t.eq_ignore_ascii_case(token))
-}
-
 /// A Content-Length value: digits, or a list of equal ones ("3, 3", as some servers merge).
-fn parse_length(value: &[u8]) -> Result<u64, UpstreamError> {
-    let bad = || UpstreamError::Malformed("invalid Content-Length".into());
+fn parse_length(value: &[u8]) -> Result<u64, &'static str> {
+    let bad = "invalid Content-Length";
     let mut length = None;
     for t in value.split(|&b| b == b',').map(|t| t.trim_ascii()) {
         if t.is_empty() || t.len() > 19 || !t.iter().all(u8::is_ascii_digit) {
-            return Err(bad());
+            return Err(bad);
         }
         let n = t.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
         if length.is_some_and(|l| l != n) {
-            return Err(bad());
+            return Err(bad);
         }
         length = Some(n);
     }
-    length.ok_or_else(bad)
+    length.ok_or(bad)
 }
 
 /// Where a response body is in its framing.
@@ -409,10 +443,6 @@ impl hyper::body::Body for ResponseBody {
             };
             match this.state {
                 State::Done => return Poll::Ready(None),
-                State::Length(0) => {
-                    this.finish();
-                    return Poll::Ready(None);
-                }
                 State::Length(left) | State::Chunked(Chunk::Data(left)) if !up.buf.is_empty() => {
                     let n = (up.buf.len() as u64).min(left);
                     let frame = data(up, n as usize);
@@ -431,8 +461,21 @@ impl hyper::body::Body for ResponseBody {
                     return Poll::Ready(data(up, n));
                 }
                 State::Chunked(Chunk::Size) if !up.buf.is_empty() => {
+                    let bad = |why| Poll::Ready(Some(Err(UpstreamError::BadChunk(why))));
+                    // httparse reads an empty line as size 0 and lets a bare LF into an
+                    // extension; a chunk-size line here is hex digits and ends with CRLF.
+                    if !up.buf[0].is_ascii_hexdigit() {
+                        return bad("missing chunk size");
+                    }
                     match httparse::parse_chunk_size(&up.buf) {
                         Ok(httparse::Status::Complete((used, size))) => {
+                            let line = &up.buf[..used];
+                            if line.len() < 2
+                                || line[line.len() - 2] != b'\r'
+                                || line[..line.len() - 1].contains(&b'\n')
+                            {
+                                return bad("chunk-size line not ended by CRLF");
+                            }
                             up.buf.advance(used);
                             this.state = State::Chunked(if size == 0 {
                                 Chunk::Trailers
@@ -441,17 +484,11 @@ impl hyper::body::Body for ResponseBody {
                             });
                             continue;
                         }
-                        Ok(httparse::Status::Partial) if up.buf.len() >= MIN_READ => {
-                            return Poll::Ready(Some(Err(UpstreamError::BadChunk(
-                                "chunk-size line too long",
-                            ))));
+                        Ok(httparse::Status::Partial) if up.buf.len() >= MAX_CHUNK_LINE => {
+                            return bad("chunk-size line too long");
                         }
                         Ok(httparse::Status::Partial) => {}
-                        Err(_) => {
-                            return Poll::Ready(Some(Err(UpstreamError::BadChunk(
-                                "invalid chunk size",
-                            ))));
-                        }
+                        Err(_) => return bad("invalid chunk size"),
                     }
                 }
                 State::Chunked(Chunk::DataEnd) if up.buf.len() >= 2 => {
@@ -465,7 +502,8 @@ impl hyper::body::Body for ResponseBody {
                     continue;
                 }
                 State::Chunked(Chunk::Trailers) if !up.buf.is_empty() => {
-                    let mut fields = [httparse::EMPTY_HEADER; 32];
+                    let bad = |why| Poll::Ready(Some(Err(UpstreamError::BadChunk(why))));
+                    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
                     match httparse::parse_headers(&up.buf, &mut fields) {
                         Ok(httparse::Status::Complete((used, _))) => {
                             up.buf.advance(used);
@@ -473,16 +511,13 @@ impl hyper::body::Body for ResponseBody {
                             return Poll::Ready(None);
                         }
                         Ok(httparse::Status::Partial) if up.buf.len() >= MAX_HEAD => {
-                            return Poll::Ready(Some(Err(UpstreamError::BadChunk(
-                                "trailer section too large",
-                            ))));
+                            return bad("trailer section too large");
                         }
                         Ok(httparse::Status::Partial) => {}
-                        Err(_) => {
-                            return Poll::Ready(Some(Err(UpstreamError::BadChunk(
-                                "malformed trailer section",
-                            ))));
+                        Err(httparse::Error::TooManyHeaders) => {
+                            return bad("too many trailer fields");
                         }
+                        Err(_) => return bad("malformed trailer section"),
                     }
                 }
                 // Nothing (or not enough) buffered for the state: read on.
@@ -509,7 +544,8 @@ impl hyper::body::Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done | State::Length(0))
+        // A length of 0 never lasts: `send` and the last bytes' poll finish the body.
+        self.state == State::Done
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -614,11 +650,11 @@ mod tests {
                 true,
             ),
             (
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\nA\r\n0123456789\r\n0\r\n\r\n",
                 false,
                 false,
                 200,
-                b"abc",
+                b"0123456789",
                 true,
             ),
             (
@@ -630,12 +666,29 @@ mod tests {
                 false,
             ),
             (
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nraw bytes",
+                b"HTTP/1.1 200 OK\r\nConnection: close, keep-alive\r\nContent-Length: 2\r\n\r\nok",
                 false,
-                true,
+                false,
                 200,
-                b"raw bytes",
+                b"ok",
                 false,
+            ),
+            (
+                // Without a body, a Content-Length is passed on whatever it says.
+                b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n",
+                true,
+                false,
+                200,
+                b"",
+                true,
+            ),
+            (
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                false,
+                false,
+                304,
+                b"",
+                true,
             ),
             (
                 b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
@@ -723,6 +776,11 @@ mod tests {
                 for hop in ["transfer-encoding", "connection"] {
                     assert!(!headers.contains_key(hop), "{hop} passed on: {shown:?}");
                 }
+                if shown.contains("chunked") {
+                    // The body is framed by its chunks; a length next to them must not reach
+                    // the client, whose answer would be framed by it.
+                    assert!(!headers.contains_key("content-length"), "{shown:?}");
+                }
             }
         }
     }
@@ -801,7 +859,43 @@ mod tests {
             ),
             (
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                "missing chunk size",
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n11111111111111111\r\n",
                 "invalid chunk size",
+                false,
+            ),
+            (
+                // An empty line is not a last chunk.
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n\r\n\r\n",
+                "missing chunk size",
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;a\nb\r\nx\r\n0\r\n\r\n",
+                "not ended by CRLF",
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                "a Transfer-Encoding other than chunked",
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nraw bytes",
+                "a Transfer-Encoding other than chunked",
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                "a Transfer-Encoding other than chunked",
+                false,
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                "Transfer-Encoding in an HTTP/1.0 response",
                 false,
             ),
             (
