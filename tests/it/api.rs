@@ -142,13 +142,7 @@ fn start_stop_restart_reset() {
         v.get("error").is_some() || v["services"][0]["state"] != "failed",
         "{v}"
     );
-    let events = orchd.json(&["events", "-n", "1000"]);
-    let starts = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["service"] == "crashy" && e["kind"] == "started")
-        .count();
+    let starts = orchd.count_events("crashy", "started");
     assert!(
         starts >= 3,
         "reset did not start crashy again: {starts} starts"

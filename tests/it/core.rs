@@ -58,14 +58,8 @@ fn stop_escalates_to_sigkill_when_sigterm_is_ignored() {
     );
     assert_eq!(orchd.state("stubborn"), "inactive");
     assert!(!alive(pid));
-    let events = orchd.json(&["events"]);
-    let exited = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "exited")
-        .cloned()
-        .unwrap();
+    let events = orchd.events(1000);
+    let exited = events.iter().find(|e| e["kind"] == "exited").unwrap();
     assert_eq!(exited["signal"], "SIGKILL");
 }
 

@@ -53,10 +53,8 @@ fn services_start_in_dependency_order() {
     );
     // orchd's own record: the `started` events come in dependency order.
     let started = wait_some("three started events", T, || {
-        let events = orchd.json(&["events", "-n", "100"]);
-        let started: Vec<String> = events["events"]
-            .as_array()
-            .unwrap()
+        let started: Vec<String> = orchd
+            .events(100)
             .iter()
             .filter(|e| e["kind"] == "started")
             .filter_map(|e| e["service"].as_str().map(str::to_owned))
@@ -125,11 +123,6 @@ fn a_dependent_added_while_its_requirement_is_failed_waits_for_it() {
     let out = orchd.ctl(&["restart", "dep"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     orchd.wait_new_pid("app", None, T);
-    let started = orchd.json(&["events", "-n", "100"])["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "started" && e["service"] == "app")
-        .count();
+    let started = orchd.count_events("app", "started");
     assert_eq!(started, 1, "app started before dep was fixed, or twice");
 }

@@ -12,15 +12,6 @@ use crate::util::*;
 
 const T: Duration = Duration::from_secs(10);
 
-fn started_events(orchd: &Orchd, service: &str) -> usize {
-    orchd.json(&["events", "-n", "1000"])["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["service"] == service && e["kind"] == "started")
-        .count()
-}
-
 #[test]
 fn a_stopped_service_stays_stopped_across_orchd_restarts() {
     let s = Setup::new();
@@ -39,7 +30,7 @@ fn a_stopped_service_stays_stopped_across_orchd_restarts() {
     let st = orchd.status("svc");
     assert_eq!(st["state"], "inactive", "{st}");
     assert_eq!(st["want_up"], false, "{st}");
-    assert_eq!(started_events(&orchd, "svc"), 0);
+    assert_eq!(orchd.count_events("svc", "started"), 0);
 
     let out = orchd.ctl(&["start", "svc"]);
     assert!(out.status.success(), "{}", text(&out.stderr));

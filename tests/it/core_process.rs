@@ -336,14 +336,12 @@ fn a_start_that_cannot_run_says_why_and_the_rest_keep_running() {
         });
         assert_eq!(orchd.status(name)["reason"], reason, "{name}");
     }
-    let events = orchd.json(&["events", "-n", "100"]);
-    let spawn_failed = events["events"]
-        .as_array()
-        .unwrap()
+    let events = orchd.events(100);
+    let spawn_failed = events
         .iter()
         .filter(|e| e["kind"] == "spawn_failed")
         .count();
-    assert_eq!(spawn_failed, 4, "{events}");
+    assert_eq!(spawn_failed, 4, "{events:?}");
     orchd.wait_for("fine to run", T, || orchd.state("fine") == "running");
     // Nothing was left behind: no zombie of a failed exec.
     assert!(zombies_of(orchd.pid()).is_empty());

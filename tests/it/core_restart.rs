@@ -43,9 +43,8 @@ fn backoff_delays_grow_and_cap() {
     let out = orchd.ctl(&["stop", "crasher"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     // What orchd decided: exactly the configured delays (jitter 0).
-    let delays: Vec<u64> = orchd.json(&["events", "-n", "1000"])["events"]
-        .as_array()
-        .unwrap()
+    let delays: Vec<u64> = orchd
+        .events(1000)
         .iter()
         .filter(|e| e["kind"] == "backoff")
         .map(|e| e["delay_ms"].as_u64().unwrap())
@@ -101,7 +100,7 @@ fn start_limit_gives_up_as_failed_until_reset() {
         .open(&record)
         .and_then(|mut f| std::io::Write::write_all(&mut f, b"reset\n"))
         .unwrap();
-    let events_before = started_events(&orchd, "crasher");
+    let events_before = orchd.count_events("crasher", "started");
     assert_eq!(events_before, 3, "started events before the reset");
     let _ = orchd.ctl(&["reset", "crasher"]);
     orchd.wait_for("3 more starts after the reset", T, || {
@@ -112,16 +111,7 @@ fn start_limit_gives_up_as_failed_until_reset() {
     let sep = all.iter().position(|l| l == "reset").unwrap();
     assert_eq!(sep, 3, "a start happened after giving up: {all:?}");
     assert_eq!(all.len() - sep - 1, 3, "starts after the reset: {all:?}");
-    assert_eq!(started_events(&orchd, "crasher"), 6);
-}
-
-fn started_events(orchd: &Orchd, service: &str) -> usize {
-    orchd.json(&["events", "-n", "1000"])["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["service"] == service && e["kind"] == "started")
-        .count()
+    assert_eq!(orchd.count_events("crasher", "started"), 6);
 }
 
 #[test]
@@ -145,12 +135,10 @@ fn policy_no_fails_on_nonzero_exit() {
     );
     assert_eq!(st["restarts"], 0);
     assert_eq!(lines(&record).len(), 1);
-    let failed: Vec<serde_json::Value> = orchd.json(&["events"])["events"]
-        .as_array()
-        .unwrap()
-        .iter()
+    let failed: Vec<serde_json::Value> = orchd
+        .events(1000)
+        .into_iter()
         .filter(|e| e["service"] == "once" && e["kind"] == "failed")
-        .cloned()
         .collect();
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(failed[0]["reason"], "exited with status 3");
@@ -191,10 +179,8 @@ fn immediate_restarts_each_run_their_process() {
     orchd.wait_for("30 starts", T, || lines(&record).len() >= 30);
     let out = orchd.ctl(&["stop", "crasher"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let events = orchd.json(&["events", "-n", "1000"]);
-    let bad: Vec<&serde_json::Value> = events["events"]
-        .as_array()
-        .unwrap()
+    let events = orchd.events(1000);
+    let bad: Vec<&serde_json::Value> = events
         .iter()
         .filter(|e| e["kind"] == "spawn_failed" || (e["kind"] == "exited" && e["code"] != 1))
         .collect();

@@ -191,14 +191,7 @@ fn a_release_that_never_becomes_healthy_is_not_switched_to() {
     assert_eq!(o.status("api")["release"], "v1");
     let h = o.json(&["history", "api"]);
     assert_eq!(h["history"][0]["result"], "failed");
-    let events = o.json(&["events", "-n", "200"]);
-    assert!(
-        events["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "deploy_failed")
-    );
+    assert!(o.events(200).iter().any(|e| e["kind"] == "deploy_failed"));
 }
 
 #[test]

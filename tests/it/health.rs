@@ -98,20 +98,10 @@ fn retries_failures_make_it_unhealthy_then_restart_then_healthy() {
     stub.set(Mode::Error);
     let new = o.wait_new_pid("api", Some(pid), T);
     assert_ne!(new, pid);
-    let events = o.json(&["events", "-n", "100"]);
-    let kinds: Vec<&str> = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["kind"].as_str())
-        .collect();
+    let events = o.events(100);
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
     assert!(kinds.contains(&"unhealthy"), "{kinds:?}");
-    let unhealthy = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "unhealthy")
-        .unwrap();
+    let unhealthy = events.iter().find(|e| e["kind"] == "unhealthy").unwrap();
     assert_eq!(unhealthy["probe"]["status"], 500);
     stub.set(Mode::Ok);
     wait_health(&o, "api", "healthy");
@@ -315,10 +305,8 @@ fn monitor_only_unit_turns_unhealthy_and_back() {
     assert_eq!(o.state("vendor"), "running");
     stub.set(Mode::Ok);
     wait_health(&o, "vendor", "healthy");
-    let events = o.json(&["events", "-n", "100"]);
-    let kinds: Vec<&str> = events["events"]
-        .as_array()
-        .unwrap()
+    let events = o.events(100);
+    let kinds: Vec<&str> = events
         .iter()
         .filter(|e| e["service"] == "vendor")
         .filter_map(|e| e["kind"].as_str())

@@ -183,6 +183,23 @@ impl Orchd {
         })
     }
 
+    /// orchd's last `n` events (`orchctl events -n N`), oldest first.
+    pub fn events(&self, n: usize) -> Vec<Value> {
+        let v = self.json(&["events", "-n", &n.to_string()]);
+        match v["events"].as_array() {
+            Some(events) => events.clone(),
+            None => panic!("no list of events in {v}"),
+        }
+    }
+
+    /// How many of orchd's last 1000 events are `kind` events of `service`.
+    pub fn count_events(&self, service: &str, kind: &str) -> usize {
+        self.events(1000)
+            .iter()
+            .filter(|e| e["service"] == service && e["kind"] == kind)
+            .count()
+    }
+
     /// One service's status object.
     pub fn status(&self, name: &str) -> Value {
         self.json(&["status", name])["services"][0].clone()
