@@ -205,8 +205,10 @@ impl Upstream {
             let mut headers = HeaderMap::with_capacity(count);
             // Content-Length: judged only if it frames the body (a HEAD's may be anything).
             let mut length: Option<Result<u64, &'static str>> = None;
-            // Transfer-Encoding: how many codings, and how many of them chunked.
-            let (mut codings, mut chunked) = (0, 0);
+            // How many Content-Length fields, and whether one is a list ("3, 3").
+            let (mut length_fields, mut length_list) = (0, false);
+            // Transfer-Encoding: how many fields, codings, and codings that are chunked.
+            let (mut encodings, mut codings, mut chunked) = (0, 0, 0);
             let (mut close, mut keep_alive) = (false, false);
             let mut named = Vec::new();
             for &(ns, ne, vs, ve) in &at[..count] {
@@ -216,12 +218,15 @@ impl Upstream {
                 let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
                     .map_err(|_| malformed())?;
                 if name == header::CONTENT_LENGTH {
+                    length_fields += 1;
+                    length_list |= value.as_bytes().contains(&b',');
                     length = Some(match (length, parse_length(value.as_bytes())) {
                         (Some(Err(e)), _) | (_, Err(e)) => Err(e),
                         (Some(Ok(l)), Ok(n)) if l != n => Err("conflicting Content-Length fields"),
                         (_, Ok(n)) => Ok(n),
                     });
                 } else if name == header::TRANSFER_ENCODING {
+                    encodings += 1;
                     for coding in tokens(value.as_bytes()) {
                         codings += 1;
                         chunked += usize::from(coding.eq_ignore_ascii_case(b"chunked"));
@@ -246,7 +251,8 @@ impl Upstream {
             for n in &named {
                 headers.remove(n);
             }
-            let encoded = codings > 0;
+            // Any Transfer-Encoding field, even an empty one, rules out framing by length.
+            let encoded = encodings > 0;
             let state = if head_request
                 || status == StatusCode::NO_CONTENT
                 || status == StatusCode::NOT_MODIFIED
@@ -278,6 +284,13 @@ impl Upstream {
                 // Chunked framing wins, and the length must not reach the client (RFC 9112
                 // §6.3): hyper would frame the body by it.
                 headers.remove(header::CONTENT_LENGTH);
+            } else if length_fields > 1 || length_list || matches!(length, Some(Err(_))) {
+                // One plain length for hyper's server, which refuses repeated or listed ones
+                // (a HEAD's or a 304's invalid one goes: it frames nothing).
+                headers.remove(header::CONTENT_LENGTH);
+                if let Some(Ok(n)) = length {
+                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                }
             }
             // `close` always wins; HTTP/1.0 keeps a connection only when asked to. Both
             // framings at once is a smuggling attempt or a broken server: not trusted again.
@@ -776,6 +789,15 @@ mod tests {
                 for hop in ["transfer-encoding", "connection"] {
                     assert!(!headers.contains_key(hop), "{hop} passed on: {shown:?}");
                 }
+                // At most one Content-Length, a plain number: hyper's server refuses others.
+                let lengths: Vec<_> = headers.get_all("content-length").iter().collect();
+                assert!(
+                    lengths.len() <= 1
+                        && lengths
+                            .iter()
+                            .all(|v| v.as_bytes().iter().all(u8::is_ascii_digit)),
+                    "{lengths:?} after {shown:?}"
+                );
                 if shown.contains("chunked") {
                     // The body is framed by its chunks; a length next to them must not reach
                     // the client, whose answer would be framed by it.
@@ -890,6 +912,11 @@ mod tests {
             ),
             (
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                "a Transfer-Encoding other than chunked",
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: ,\r\nContent-Length: 2\r\n\r\nok",
                 "a Transfer-Encoding other than chunked",
                 false,
             ),
