@@ -39,7 +39,7 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::upstream::{ResponseBody, Upstream, is_hop_by_hop};
+use super::upstream::{ResponseBody, Upstream, is_hop_by_hop, tokens};
 use crate::config::ProxyMode;
 
 /// What a body's failure is passed on as.
@@ -602,21 +602,37 @@ fn connection_named(headers: &http::HeaderMap) -> Vec<header::HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| header::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .flat_map(|v| tokens(v.as_bytes()))
+        .filter_map(|n| header::HeaderName::from_bytes(n).ok())
         .filter(|n| *n != header::HOST)
         .collect()
 }
 
-/// The `X-Forwarded-For` values a request came with, in order, empty ones left out: the
-/// proxy appends the client's address to them.
-fn forwarded_for_values(headers: &http::HeaderMap) -> impl Iterator<Item = &[u8]> {
-    headers
-        .get_all(&X_FORWARDED_FOR)
-        .into_iter()
-        .map(|v| v.as_bytes().trim_ascii())
-        .filter(|v| !v.is_empty())
+/// Append the request's `X-Forwarded-For` value to `out`: the values it came with (`prior`:
+/// its fields, when it has that header), in order, empty ones left out, then the client's
+/// address.
+fn push_forwarded_for(out: &mut Vec<u8>, prior: Option<&http::HeaderMap>, conn: &ClientConn) {
+    let values = prior.map(|headers| headers.get_all(&X_FORWARDED_FOR));
+    for value in values.into_iter().flatten() {
+        let value = value.as_bytes().trim_ascii();
+        if !value.is_empty() {
+            out.extend_from_slice(value);
+            out.extend_from_slice(b", ");
+        }
+    }
+    match &conn.peer_value {
+        Some(v) => out.extend_from_slice(v.as_bytes()),
+        None => out.extend_from_slice(conn.peer.ip().to_string().as_bytes()),
+    }
+}
+
+/// The `Host` for a request that came without one (an HTTP/1.0 client): its URI's authority,
+/// else the backend's address.
+fn missing_host(uri: &http::Uri, backend: Backend) -> String {
+    match uri.authority() {
+        Some(auth) => auth.as_str().to_owned(),
+        None => backend.addr.to_string(),
+    }
 }
 
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
@@ -670,6 +686,7 @@ fn lean_head(req: &Request<Incoming>, conn: &ClientConn, backend: Backend) -> Ve
     let (mut host, mut forwarded_for) = (false, false);
     for (name, value) in headers {
         if *name == X_FORWARDED_FOR {
+            // Looked up again only when there (most requests come without one).
             forwarded_for = true;
             continue;
         }
@@ -680,23 +697,14 @@ fn lean_head(req: &Request<Incoming>, conn: &ClientConn, backend: Backend) -> Ve
         field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
     if !host {
-        // An HTTP/1.0 client without Host: the URI's authority, else the backend's address.
-        match req.uri().authority() {
-            Some(auth) => field(&mut out, b"host", auth.as_str().as_bytes()),
-            None => field(&mut out, b"host", backend.addr.to_string().as_bytes()),
-        }
+        field(
+            &mut out,
+            b"host",
+            missing_host(req.uri(), backend).as_bytes(),
+        );
     }
     out.extend_from_slice(b"x-forwarded-for: ");
-    if forwarded_for {
-        for value in forwarded_for_values(headers) {
-            out.extend_from_slice(value);
-            out.extend_from_slice(b", ");
-        }
-    }
-    match &conn.peer_value {
-        Some(v) => out.extend_from_slice(v.as_bytes()),
-        None => out.extend_from_slice(conn.peer.ip().to_string().as_bytes()),
-    }
+    push_forwarded_for(&mut out, forwarded_for.then_some(headers), conn);
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n\r\n");
     out
 }
@@ -771,12 +779,7 @@ fn prepare(mut req: Request<Incoming>, conn: &Arc<ClientConn>) -> Result<Outgoin
         return Err(Refusal::BadTarget);
     };
     if parts.headers.get(header::HOST).is_none() {
-        let host = match parts.uri.authority() {
-            Some(auth) => HeaderValue::from_str(auth.as_str()).ok(),
-            // An HTTP/1.0 client without Host: the backend's address, as a pool would send.
-            None => HeaderValue::from_str(&backend.addr.to_string()).ok(),
-        };
-        if let Some(v) = host {
+        if let Ok(v) = HeaderValue::from_str(&missing_host(&parts.uri, backend)) {
             parts.headers.insert(header::HOST, v);
         }
     }
@@ -795,11 +798,7 @@ fn prepare(mut req: Request<Incoming>, conn: &Arc<ClientConn>) -> Result<Outgoin
     }
     let xff = if parts.headers.contains_key(&X_FORWARDED_FOR) {
         let mut joined = Vec::new();
-        for value in forwarded_for_values(&parts.headers) {
-            joined.extend_from_slice(value);
-            joined.extend_from_slice(b", ");
-        }
-        joined.extend_from_slice(conn.peer.ip().to_string().as_bytes());
+        push_forwarded_for(&mut joined, Some(&parts.headers), conn);
         HeaderValue::from_bytes(&joined).ok()
     } else {
         conn.peer_value.clone()
@@ -1487,6 +1486,19 @@ mod tests {
             .expect("an answer within 10 s")
     }
 
+    /// [`ask`] a request without a body.
+    async fn ask_bodyless(
+        sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        method: &str,
+        path: &str,
+    ) -> Result<(u16, String, String, String), String> {
+        ask(
+            sender,
+            get(method, path).body(Full::new(Bytes::new())).unwrap(),
+        )
+        .await
+    }
+
     fn get(method: &str, path: &str) -> http::request::Builder {
         Request::builder()
             .method(method)
@@ -1498,13 +1510,12 @@ mod tests {
     async fn requests_without_a_body_share_one_upstream_connection_whatever_the_framing() {
         let proxy = http_proxy(Some(backend_by_path())).await;
         let mut c = client_connection(proxy.listen).await;
-        let empty = || Full::new(Bytes::new());
-        let chunked = ask(&mut c, get("GET", "/chunked").body(empty()).unwrap()).await;
+        let chunked = ask_bodyless(&mut c, "GET", "/chunked").await;
         assert_eq!(
             chunked,
             Ok((200, "0".into(), "".into(), "hello world".into()))
         );
-        let head = ask(&mut c, get("HEAD", "/head").body(empty()).unwrap()).await;
+        let head = ask_bodyless(&mut c, "HEAD", "/head").await;
         assert_eq!(head, Ok((200, "0".into(), "5".into(), "".into())));
         let echo = get("DELETE", "/echo?x=1")
             .header("connection", "keep-alive, x-hop, host")
@@ -1515,7 +1526,7 @@ mod tests {
             .header("accept", "b")
             .header("x-forwarded-for", "10.0.0.2")
             .header("x-forwarded-proto", "https")
-            .body(empty())
+            .body(Full::new(Bytes::new()))
             .unwrap();
         let (status, conn, _, fields) = ask(&mut c, echo).await.unwrap();
         assert_eq!((status, conn.as_str()), (200, "0"));
@@ -1523,10 +1534,10 @@ mod tests {
             fields,
             "DELETE /echo?x=1 HTTP/1.1|host: shop.example|accept: a|accept: b|x-forwarded-for: 10.0.0.1, 10.0.0.2, 127.0.0.1|x-forwarded-proto: http"
         );
-        let close = ask(&mut c, get("GET", "/close").body(empty()).unwrap()).await;
+        let close = ask_bodyless(&mut c, "GET", "/close").await;
         assert_eq!(close, Ok((200, "0".into(), "2".into(), "ok".into())));
         // The backend closed that one: the next request goes on a new upstream connection.
-        let next = ask(&mut c, get("GET", "/chunked").body(empty()).unwrap()).await;
+        let next = ask_bodyless(&mut c, "GET", "/chunked").await;
         assert_eq!(next, Ok((200, "1".into(), "".into(), "hello world".into())));
         assert_eq!(proxy.stats().open(0), 0, "every request is counted out");
     }
@@ -1568,9 +1579,8 @@ mod tests {
     async fn a_broken_answer_is_a_502_or_a_cut_connection_and_the_proxy_serves_on() {
         let proxy = http_proxy(Some(backend_by_path())).await;
         let mut c = client_connection(proxy.listen).await;
-        let empty = || Full::new(Bytes::new());
         // A POST (without a body) is not retried: the 502 comes at once.
-        let bad = ask(&mut c, get("POST", "/bad").body(empty()).unwrap()).await;
+        let bad = ask_bodyless(&mut c, "POST", "/bad").await;
         assert_eq!(
             bad,
             Ok((
@@ -1581,13 +1591,13 @@ mod tests {
             ))
         );
         // The same client connection goes on.
-        let ok = ask(&mut c, get("GET", "/chunked").body(empty()).unwrap()).await;
+        let ok = ask_bodyless(&mut c, "GET", "/chunked").await;
         assert_eq!(ok, Ok((200, "1".into(), "".into(), "hello world".into())));
         // A body cut short reaches the client as a cut connection, never as a whole answer.
-        let cut = ask(&mut c, get("GET", "/cut").body(empty()).unwrap()).await;
+        let cut = ask_bodyless(&mut c, "GET", "/cut").await;
         assert!(cut.is_err(), "{cut:?}");
         let mut c = client_connection(proxy.listen).await;
-        let ok = ask(&mut c, get("GET", "/chunked").body(empty()).unwrap()).await;
+        let ok = ask_bodyless(&mut c, "GET", "/chunked").await;
         assert_eq!(ok.map(|r| r.3), Ok("hello world".into()));
         assert_eq!(proxy.stats().open(0), 0, "every request is counted out");
     }
@@ -1596,12 +1606,11 @@ mod tests {
     async fn a_kept_upstream_connection_the_backend_closed_is_replaced_unnoticed() {
         let proxy = http_proxy(Some(backend_by_path())).await;
         let mut c = client_connection(proxy.listen).await;
-        let empty = || Full::new(Bytes::new());
-        let first = ask(&mut c, get("GET", "/then-close").body(empty()).unwrap()).await;
+        let first = ask_bodyless(&mut c, "GET", "/then-close").await;
         assert_eq!(first, Ok((200, "0".into(), "2".into(), "ok".into())));
         // Whether the proxy sees the close before this request or only when its answer does
         // not come, the request is served on a new connection.
-        let second = ask(&mut c, get("GET", "/then-close").body(empty()).unwrap()).await;
+        let second = ask_bodyless(&mut c, "GET", "/then-close").await;
         assert_eq!(second, Ok((200, "1".into(), "2".into(), "ok".into())));
     }
 
@@ -1609,21 +1618,18 @@ mod tests {
     async fn interim_answers_are_skipped_and_deploy_buffering_keeps_the_connection() {
         let proxy = http_proxy(Some(backend_by_path())).await;
         let mut c = client_connection(proxy.listen).await;
-        let empty = || Full::new(Bytes::new());
-        let early = ask(&mut c, get("GET", "/early").body(empty()).unwrap()).await;
+        let early = ask_bodyless(&mut c, "GET", "/early").await;
         assert_eq!(early, Ok((200, "0".into(), "5".into(), "later".into())));
         // During a deploy a small answer is read whole before it is passed on (more than one
         // read here); its connection then serves the next request.
         proxy.stats().set_guarded(true);
-        let (status, conn, length, body) = ask(&mut c, get("GET", "/big").body(empty()).unwrap())
-            .await
-            .unwrap();
+        let (status, conn, length, body) = ask_bodyless(&mut c, "GET", "/big").await.unwrap();
         assert_eq!(
             (status, conn.as_str(), length.as_str()),
             (200, "0", "100000")
         );
         assert!(body.len() == 100_000 && body.bytes().all(|b| b == b'b'));
-        let next = ask(&mut c, get("GET", "/chunked").body(empty()).unwrap()).await;
+        let next = ask_bodyless(&mut c, "GET", "/chunked").await;
         assert_eq!(next, Ok((200, "0".into(), "".into(), "hello world".into())));
         assert_eq!(proxy.stats().open(0), 0, "every request is counted out");
     }
@@ -1673,20 +1679,19 @@ mod tests {
             .unwrap();
         // Requests more often than the idle period, for four periods: never cut.
         let (mut busy, busy_conn) = watched_client_connection(proxy.listen).await;
-        let empty = || Full::new(Bytes::new());
         let started = tokio::time::Instant::now();
         while started.elapsed() < IDLE * 4 {
-            let r = ask(&mut busy, get("GET", "/chunked").body(empty()).unwrap()).await;
+            let r = ask_bodyless(&mut busy, "GET", "/chunked").await;
             assert_eq!(r, Ok((200, "0".into(), "".into(), "hello world".into())));
             tokio::time::sleep(IDLE / 2).await;
         }
         // A request answered after three periods, and another on the same connection most of
         // a period later: the idle clock starts at the end of an answer, not at its request.
         let (mut slow, slow_conn) = watched_client_connection(proxy.listen).await;
-        let r = ask(&mut slow, get("GET", "/slow").body(empty()).unwrap()).await;
+        let r = ask_bodyless(&mut slow, "GET", "/slow").await;
         assert_eq!(r.map(|r| r.3), Ok("slow".into()));
         tokio::time::sleep(IDLE * 9 / 10).await;
-        let r = ask(&mut slow, get("GET", "/chunked").body(empty()).unwrap()).await;
+        let r = ask_bodyless(&mut slow, "GET", "/chunked").await;
         assert_eq!(r.map(|r| r.3), Ok("hello world".into()));
         assert_eq!(read_to_close(&mut silent).await, (true, String::new()));
         let (closed, answer) = read_to_close(&mut unfinished).await;
