@@ -26,6 +26,7 @@ use crate::manager::{Manager, ManagerHandle};
 use crate::supervisor::cgroup::{self, CgroupRoot};
 use crate::supervisor::logs::Journal;
 use crate::supervisor::process::Spawner;
+use crate::supervisor::spec::ServiceEnv;
 use crate::supervisor::{ServiceStatus, Shared, State};
 
 /// How long start-up waits for services to settle before `READY=1` anyway.
@@ -92,6 +93,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         bus: bus.clone(),
         daemon_id: id,
         journal: Journal::detect(),
+        env: ServiceEnv::new(&config.daemon.secret_env_names()),
     };
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();

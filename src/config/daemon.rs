@@ -110,6 +110,20 @@ pub struct AlertsConfig {
     pub webhook: Vec<WebhookChannel>,
 }
 
+impl DaemonConfig {
+    /// The environment variables that hold secrets (`password_env`): kept from services.
+    pub fn secret_env_names(&self) -> Vec<String> {
+        self.alerts
+            .email
+            .iter()
+            .filter_map(|e| match &e.password {
+                Some(SecretSource::Env(name)) => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 impl Default for AlertsConfig {
     fn default() -> Self {
         AlertsConfig {

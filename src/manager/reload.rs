@@ -129,6 +129,9 @@ impl Manager {
             }
         }
         drop(old);
+        self.shared
+            .env
+            .update(&self.config.daemon.secret_env_names());
         if let Some(alerts) = &self.alerts {
             alerts.reconfigure(self.config.daemon.alerts.clone(), self.config.units.clone());
         }

@@ -40,8 +40,9 @@ impl Supervisor {
             release: release.clone(),
             marker: marker.clone(),
             cgroup: cgroup.clone(),
+            env: self.shared.env.vars(),
         };
-        let spec = match spec::build(&self.unit, &params) {
+        let spec = match spec::build_blocking(&self.unit, None, params).await {
             Ok(spec) => spec,
             Err(e) => {
                 return Input::SpawnFailed {

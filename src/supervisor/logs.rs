@@ -117,7 +117,7 @@ impl LogHub {
     }
 
     async fn read_pipe(&self, pipe: tokio::net::unix::pipe::Receiver, stream: Stream, pid: i32) {
-        let mut partial: Vec<u8> = Vec::new();
+        let mut lines = LineSplitter::default();
         let mut dropped = 0usize;
         loop {
             if pipe.readable().await.is_err() {
@@ -132,15 +132,9 @@ impl LogHub {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(_) => break,
             };
-            self.split_lines(&chunk[..n], &mut partial, stream, pid, &mut dropped);
-            if partial.is_empty() {
-                // Give back the line buffer between bursts (Vec::new does not allocate).
-                partial = Vec::new();
-            }
+            lines.push(&chunk[..n], |line| self.emit(line, stream, pid, &mut dropped));
         }
-        if !partial.is_empty() {
-            self.emit(&mut partial, stream, pid, &mut dropped);
-        }
+        lines.finish(|line| self.emit(line, stream, pid, &mut dropped));
         if dropped > 0 {
             self.note(
                 pid,
@@ -151,38 +145,10 @@ impl LogHub {
         }
     }
 
-    /// Cut `data` into lines (at newlines, or every [`MAX_LINE`] bytes), carrying the unfinished
-    /// rest in `partial`.
-    fn split_lines(
-        &self,
-        data: &[u8],
-        partial: &mut Vec<u8>,
-        stream: Stream,
-        pid: i32,
-        dropped: &mut usize,
-    ) {
-        let mut rest = data;
-        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
-            let take = (MAX_LINE - partial.len().min(MAX_LINE)).min(pos);
-            partial.extend_from_slice(&rest[..take]);
-            self.emit(partial, stream, pid, dropped);
-            rest = &rest[pos + 1..];
-        }
-        while !rest.is_empty() {
-            let take = (MAX_LINE - partial.len()).min(rest.len());
-            partial.extend_from_slice(&rest[..take]);
-            rest = &rest[take..];
-            if partial.len() >= MAX_LINE {
-                self.emit(partial, stream, pid, dropped);
-            }
-        }
-    }
-
-    fn emit(&self, partial: &mut Vec<u8>, stream: Stream, pid: i32, dropped: &mut usize) {
-        let text = String::from_utf8_lossy(partial)
+    fn emit(&self, line: &[u8], stream: Stream, pid: i32, dropped: &mut usize) {
+        let text = String::from_utf8_lossy(line)
             .trim_end_matches('\r')
             .to_string();
-        partial.clear();
         if *dropped > 0 {
             // Say what was lost only once there is room for the note and the line after it;
             // else a full channel would fill the ring with notes.
@@ -213,6 +179,67 @@ impl LogHub {
         };
         if self.tx.try_send(Cmd::Line(Box::new(line))).is_err() {
             *dropped += 1;
+        }
+    }
+}
+
+/// Cuts a byte stream into lines: at each newline, and every [`MAX_LINE`] bytes of a longer
+/// line (every byte is kept). Holds at most one unfinished line.
+#[derive(Debug, Default)]
+struct LineSplitter {
+    partial: Vec<u8>,
+    /// The last piece was cut at [`MAX_LINE`] bytes: a newline right after it ends that piece,
+    /// it does not make an empty line.
+    cut: bool,
+}
+
+impl LineSplitter {
+    /// Feed `data`; `emit` gets each finished line, without its newline.
+    fn push(&mut self, mut data: &[u8], mut emit: impl FnMut(&[u8])) {
+        if self.cut && data.first() == Some(&b'\n') {
+            data = &data[1..];
+        }
+        self.cut = false;
+        while !data.is_empty() {
+            let room = MAX_LINE - self.partial.len();
+            let window = &data[..data.len().min(room)];
+            if let Some(pos) = window.iter().position(|&b| b == b'\n') {
+                self.line(&data[..pos], &mut emit);
+                data = &data[pos + 1..];
+            } else if data.len() >= room {
+                self.line(&data[..room], &mut emit);
+                data = &data[room..];
+                match data.first() {
+                    Some(b'\n') => data = &data[1..],
+                    Some(_) => {}
+                    None => self.cut = true,
+                }
+            } else {
+                self.partial.extend_from_slice(data);
+                data = &[];
+            }
+        }
+        if self.partial.is_empty() && self.partial.capacity() > 0 {
+            // Give back the line buffer between bursts (Vec::new does not allocate).
+            self.partial = Vec::new();
+        }
+    }
+
+    /// The end of the stream: emit an unfinished last line.
+    fn finish(&mut self, mut emit: impl FnMut(&[u8])) {
+        if !self.partial.is_empty() {
+            emit(&self.partial);
+            self.partial.clear();
+        }
+    }
+
+    fn line(&mut self, tail: &[u8], emit: &mut impl FnMut(&[u8])) {
+        if self.partial.is_empty() {
+            emit(tail);
+        } else {
+            self.partial.extend_from_slice(tail);
+            emit(&self.partial);
+            self.partial.clear();
         }
     }
 }
@@ -270,10 +297,17 @@ impl Journal {
     /// Connect when orchd's stderr is the journal (`JOURNAL_STREAM` set) and the socket exists.
     pub fn detect() -> Option<Arc<Journal>> {
         std::env::var_os("JOURNAL_STREAM")?;
-        let socket = std::os::unix::net::UnixDatagram::unbound().ok()?;
-        socket.connect("/run/systemd/journal/socket").ok()?;
-        socket.set_nonblocking(true).ok()?;
-        Some(Arc::new(Journal { socket }))
+        Journal::connect(std::path::Path::new("/run/systemd/journal/socket"))
+            .ok()
+            .map(Arc::new)
+    }
+
+    /// A journal writer to the native-protocol datagram socket at `path`.
+    fn connect(path: &std::path::Path) -> std::io::Result<Journal> {
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        socket.connect(path)?;
+        socket.set_nonblocking(true)?;
+        Ok(Journal { socket })
     }
 
     fn send(&self, service: &str, line: &LogLine) {
@@ -296,5 +330,108 @@ impl Journal {
         msg.push(b'\n');
         // Non-blocking: if journald is behind, the line still sits in the ring buffer.
         let _ = self.socket.send(&msg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `chunks` to a splitter and returns the lines it emits (the unfinished end too).
+    fn split(chunks: &[&[u8]]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut s = LineSplitter::default();
+        for c in chunks {
+            s.push(c, |l| out.push(l.to_vec()));
+        }
+        s.finish(|l| out.push(l.to_vec()));
+        out
+    }
+
+    #[test]
+    fn lines_are_cut_at_newlines_across_chunks() {
+        assert_eq!(
+            split(&[b"one\ntw", b"o\n\nthr", b"ee"]),
+            vec![b"one".to_vec(), b"two".to_vec(), b"".to_vec(), b"three".to_vec()]
+        );
+    }
+
+    #[test]
+    fn a_long_line_is_cut_into_pieces_and_loses_no_byte() {
+        let long: Vec<u8> = (0..2 * MAX_LINE + 100).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut input = long.clone();
+        input.extend_from_slice(b"\nnext\n");
+        // Whole, and in chunks of every awkward size.
+        for chunk in [input.len(), 1, 7, 4096, MAX_LINE, MAX_LINE + 1] {
+            let chunks: Vec<&[u8]> = input.chunks(chunk).collect();
+            let lines = split(&chunks);
+            assert_eq!(lines.len(), 4, "chunk {chunk}");
+            assert_eq!(lines[0], long[..MAX_LINE], "chunk {chunk}");
+            assert_eq!(lines[1], long[MAX_LINE..2 * MAX_LINE], "chunk {chunk}");
+            assert_eq!(lines[2], long[2 * MAX_LINE..], "chunk {chunk}");
+            assert_eq!(lines[3], b"next", "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_line_of_exactly_max_line_bytes_is_one_line() {
+        let line = vec![b'x'; MAX_LINE];
+        let mut input = line.clone();
+        input.extend_from_slice(b"\ny\n");
+        // The newline in the same chunk, and in the next one.
+        assert_eq!(split(&[&input]), vec![line.clone(), b"y".to_vec()]);
+        assert_eq!(
+            split(&[&input[..MAX_LINE], &input[MAX_LINE..]]),
+            vec![line.clone(), b"y".to_vec()]
+        );
+        // Without a newline at all: 3 pieces, nothing lost.
+        let flood = vec![b'z'; 3 * MAX_LINE];
+        assert_eq!(split(&[&flood[..5000], &flood[5000..]]), vec![line.iter().map(|_| b'z').collect::<Vec<u8>>(); 3]);
+    }
+
+    #[tokio::test]
+    async fn the_ring_keeps_the_last_thousand_lines() {
+        let hub = LogHub::spawn("ring", None);
+        for batch in 0..3 {
+            for i in 0..500 {
+                hub.note(1, format!("line {}", batch * 500 + i));
+            }
+            // The hub has handled every note before it answers (one queue, in order).
+            hub.tail(1).await;
+        }
+        let lines = hub.tail(5000).await;
+        assert_eq!(lines.len(), RING_LINES);
+        assert_eq!(lines[0].line, "line 500");
+        assert_eq!(lines[RING_LINES - 1].line, "line 1499");
+        assert_eq!(lines[RING_LINES - 1].seq, 1500);
+        assert_eq!(hub.tail(3).await.len(), 3);
+    }
+
+    #[test]
+    fn journal_datagrams_carry_the_service_as_syslog_identifier() {
+        let dir = std::env::temp_dir().join(format!("orch-journal-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("socket");
+        let _ = std::fs::remove_file(&path);
+        let journald = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let journal = Journal::connect(&path).unwrap();
+        let line = LogLine {
+            time: now(),
+            stream: Stream::Stdout,
+            pid: 4242,
+            line: "hello\nwith = and a newline".into(),
+            seq: 1,
+        };
+        journal.send("api", &line);
+        let mut buf = [0u8; 4096];
+        let n = journald.recv(&mut buf).unwrap();
+        let got = &buf[..n];
+        let head = b"PRIORITY=6\nSYSLOG_IDENTIFIER=api\nSYSLOG_PID=4242\nMESSAGE\n";
+        assert!(got.starts_with(head), "{:?}", String::from_utf8_lossy(got));
+        let rest = &got[head.len()..];
+        let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+        assert_eq!(&rest[8..8 + len], line.line.as_bytes());
+        assert_eq!(&rest[8 + len..], b"\n");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -103,6 +103,7 @@ impl Supervisor {
                     release: release.clone(),
                     marker,
                     cgroup: None,
+                    env: self.shared.env.vars(),
                 };
                 let mut spec = spec::build_argv(&self.unit, argv, &params)?;
                 spec.capture_output = false;

@@ -1,8 +1,12 @@
 //! Building a process's argv, working directory and environment from its unit.
 //!
-//! Pure apart from reading the unit's `env_file` (re-read at every start, like systemd does).
+//! Pure apart from reading the unit's `env_file` (re-read at every start, like systemd does) and
+//! looking up its `user`; [`build_blocking`] does those off the async workers.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::watch;
 
 use crate::config::{Unit, substitute};
 
@@ -24,6 +28,39 @@ const SCRUBBED: &[&str] = &[
     "PORT",
 ];
 
+/// orchd's own environment as services inherit it: without the variables orchd itself uses
+/// ([`SCRUBBED`]) and without those named by `password_env` (they hold secrets). Read once at
+/// start and again at each reload; every spawn copies the snapshot.
+#[derive(Clone, Debug)]
+pub struct ServiceEnv {
+    vars: Arc<watch::Sender<Arc<[(String, String)]>>>,
+}
+
+impl ServiceEnv {
+    /// orchd's environment now, less `secrets` (variable names) and [`SCRUBBED`].
+    pub fn new(secrets: &[String]) -> ServiceEnv {
+        ServiceEnv {
+            vars: Arc::new(watch::Sender::new(Self::read(secrets))),
+        }
+    }
+
+    /// Re-read orchd's environment, less `secrets` (a reload may name others).
+    pub fn update(&self, secrets: &[String]) {
+        self.vars.send_replace(Self::read(secrets));
+    }
+
+    fn read(secrets: &[String]) -> Arc<[(String, String)]> {
+        std::env::vars()
+            .filter(|(k, _)| !SCRUBBED.contains(&k.as_str()) && !secrets.contains(k))
+            .collect()
+    }
+
+    /// The variables, as of the last read.
+    pub fn vars(&self) -> Arc<[(String, String)]> {
+        self.vars.borrow().clone()
+    }
+}
+
 /// Errors building a spawn spec.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -34,6 +71,8 @@ pub enum SpecError {
     },
     #[error("{path}:{line}: expected KEY=VALUE in env_file")]
     EnvLine { path: PathBuf, line: usize },
+    #[error("building the process's environment failed: {0}")]
+    Panicked(String),
     #[error("unit has no exec (monitor-only)")]
     NoExec,
 }
@@ -46,12 +85,26 @@ pub struct InstanceParams {
     /// `ORCH_INSTANCE` value; lets orchd find the instance's processes without a cgroup.
     pub marker: String,
     pub cgroup: Option<PathBuf>,
+    /// orchd's environment, as services inherit it.
+    pub env: Arc<[(String, String)]>,
 }
 
-/// The spawn spec for `unit`'s instance.
-pub fn build(unit: &Unit, p: &InstanceParams) -> Result<SpawnSpec, SpecError> {
-    let exec = unit.exec.as_ref().ok_or(SpecError::NoExec)?;
-    build_argv(unit, exec, p)
+/// The spawn spec running `exec` (the unit's own when `None`) in `unit`'s environment:
+/// [`build_argv`], where reading `env_file` or looking up `user` (NSS: perhaps LDAP) may block:
+/// on a blocking thread then, inline otherwise.
+pub async fn build_blocking(
+    unit: &Arc<Unit>,
+    exec: Option<&[String]>,
+    p: InstanceParams,
+) -> Result<SpawnSpec, SpecError> {
+    let exec = exec.or(unit.exec.as_deref()).ok_or(SpecError::NoExec)?;
+    if unit.user.is_none() && unit.env_file.is_none() {
+        return build_argv(unit, exec, &p);
+    }
+    let (unit, exec) = (unit.clone(), exec.to_vec());
+    tokio::task::spawn_blocking(move || build_argv(&unit, &exec, &p))
+        .await
+        .unwrap_or_else(|e| Err(SpecError::Panicked(e.to_string())))
 }
 
 /// A spawn spec running `exec` (templates) in `unit`'s environment: the service's own command,
@@ -70,9 +123,7 @@ pub fn build_argv(
         .working_dir
         .as_ref()
         .map(|w| base.join(substitute(w, p.port, &p.release)));
-    let mut env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| !SCRUBBED.contains(&k.as_str()))
-        .collect();
+    let mut env: Vec<(String, String)> = p.env.to_vec();
     if let Some(user) = unit
         .user
         .as_ref()

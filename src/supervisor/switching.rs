@@ -50,9 +50,11 @@ impl Supervisor {
             release: release.clone(),
             marker: format!("{}/{}/switch", self.shared.daemon_id, self.unit.name),
             cgroup: None,
+            env: self.shared.env.vars(),
         };
-        let mut spec: SpawnSpec =
-            spec::build_argv(&self.unit, argv, &params).map_err(|e| e.to_string())?;
+        let mut spec: SpawnSpec = spec::build_blocking(&self.unit, Some(argv), params)
+            .await
+            .map_err(|e| e.to_string())?;
         spec.capture_output = false;
         let shown: Vec<String> = argv.iter().map(|a| substitute(a, port, &release)).collect();
         let (tx, mut rx) = mpsc::unbounded_channel();

@@ -16,6 +16,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::cgroup::CgroupRoot;
+use super::spec::ServiceEnv;
 use super::deploying::DeployRun;
 use super::deps;
 use super::instance::{Sweep, sweep_instance};
@@ -38,6 +39,8 @@ pub struct Shared {
     pub daemon_id: String,
     pub journal: Option<Arc<Journal>>,
     pub probes: ProbeClients,
+    /// The environment services inherit from orchd.
+    pub env: ServiceEnv,
 }
 
 /// What a new supervisor starts from.
