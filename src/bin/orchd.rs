@@ -62,9 +62,15 @@ fn main() -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    let errors = orch::config::check(path);
+    let report = orch::config::check(path);
+    let errors = report.errors;
     if errors.is_empty() {
-        println!("{}: configuration is valid", path.display());
+        println!(
+            "{}: configuration is valid ({} unit(s) in {})",
+            path.display(),
+            report.units,
+            report.units_dir.display()
+        );
         return ExitCode::SUCCESS;
     }
     for e in &errors {

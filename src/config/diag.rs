@@ -109,7 +109,14 @@ impl<'a> Report<'a> {
     /// Reports a syntax or serde error from the `toml` crate with its short message, not
     /// the multi-line rendering with a source snippet.
     pub fn toml(&mut self, e: &toml::de::Error) {
-        let message = e.message().trim_end().to_string();
+        // serde's data-model words, in TOML's: `[…]` is an array, `{…}` and `[section]` tables.
+        let message = e
+            .message()
+            .trim_end()
+            .replace("expected a sequence", "expected an array")
+            .replace("expected a map", "expected a table")
+            .replace("invalid type: sequence", "invalid type: array")
+            .replace("invalid type: map", "invalid type: table");
         match e.span() {
             Some(span) => self.at(span, message),
             None => self.whole(message),

@@ -202,7 +202,7 @@ mod tests {
         ];
         assert_eq!(
             errors(&units),
-            ["/u/db.toml:1:8: invalid type: integer `1`, expected a sequence"]
+            ["/u/db.toml:1:8: invalid type: integer `1`, expected an array"]
         );
     }
 

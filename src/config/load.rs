@@ -26,28 +26,48 @@ pub fn load(config_path: &Path) -> Result<Config, Vec<Diagnostic>> {
     })
 }
 
-/// Every problem in the config and all units, sorted (empty = valid), for `orchd --check`.
+/// Every problem in the config and all units, sorted (none = valid), and how many units were
+/// read, for `orchd --check`.
 /// Unlike [`load`], units are still checked when `orchd.toml` has errors, as long as
 /// `units_dir` itself could be read from it.
-pub fn check(config_path: &Path) -> Vec<Diagnostic> {
+pub fn check(config_path: &Path) -> CheckReport {
+    let mut report = CheckReport::default();
     let (daemon, mut all) = match load_daemon(config_path) {
         Ok(loaded) => loaded,
-        Err(errors) => return errors,
+        Err(errors) => {
+            report.errors = errors;
+            return report;
+        }
     };
+    report.units_dir = daemon.config.units_dir.clone();
     if daemon.units_dir_ok {
         match load_units(&daemon) {
-            Ok(units) => all.extend(
-                Config {
-                    daemon: daemon.config,
-                    units,
-                }
-                .diagnostics(),
-            ),
+            Ok(units) => {
+                report.units = units.len();
+                all.extend(
+                    Config {
+                        daemon: daemon.config,
+                        units,
+                    }
+                    .diagnostics(),
+                )
+            }
             Err(errors) => all.extend(errors),
         }
     }
     all.sort();
-    all
+    report.errors = all;
+    report
+}
+
+/// What `orchd --check` found.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    /// Every error, sorted by file and place.
+    pub errors: Vec<Diagnostic>,
+    /// The unit files read.
+    pub units: usize,
+    pub units_dir: PathBuf,
 }
 
 /// Reads and validates `orchd.toml`; `Err` only when it cannot be read.
@@ -409,7 +429,11 @@ keep_releases = 5
         );
         let err = load(&path).map(|_| ()).map_err(|e| e[0].to_string());
         assert_eq!(err, Err(daemon_error.clone()));
-        let shown: Vec<String> = check(&path).iter().map(ToString::to_string).collect();
+        let shown: Vec<String> = check(&path)
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         let mut all = vec![daemon_error];
         all.extend(expected);
         all.sort();

@@ -36,7 +36,7 @@ pub use unit::{
     StopConfig, SwitchMode, Unit,
 };
 
-pub use load::{check, load, load_unit_str};
+pub use load::{CheckReport, check, load, load_unit_str};
 
 /// The daemon's settings and every unit file found.
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -170,11 +170,27 @@ pub fn pids_with_marker(marker: &str) -> Vec<i32> {
         .collect()
 }
 
-/// SIGKILL every process carrying `marker`; returns how many there were.
+/// SIGKILL every process carrying `marker`, and wait (up to a second) until they are dead;
+/// returns how many there were.
 pub fn kill_marked(marker: &str) -> usize {
     let pids = pids_with_marker(marker);
     for &pid in &pids {
         let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
+    // A SIGKILLed process is dead only once the kernel has run its exit.
+    for _ in 0..200 {
+        if pids.iter().all(|&pid| !running(pid)) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     pids.len()
+}
+
+/// The process exists and is not a zombie.
+fn running(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+    })
 }

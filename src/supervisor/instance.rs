@@ -1,7 +1,10 @@
 //! Starting and ending a slot's process: spawn with its spec and cgroup, signal its group,
 //! and kill everything it left behind.
 
+use std::time::Duration;
+
 use nix::sys::signal::Signal;
+use tokio::time::Instant;
 
 use super::cgroup;
 use super::logs::Stream;
@@ -95,7 +98,7 @@ impl Supervisor {
 }
 
 /// What is left to kill of an ended instance: its cgroup and the processes with its marker.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Sweep {
     cgroup: Option<std::path::PathBuf>,
     marker: String,
@@ -108,6 +111,11 @@ impl Sweep {
     /// the next one's (its own cgroup and marker).
     pub(super) fn kill(inst: &Instance) -> Sweep {
         signal_group(inst.pid, Signal::SIGKILL);
+        Sweep::of(inst)
+    }
+
+    /// The sweep of `inst`, without killing anything yet.
+    pub(super) fn of(inst: &Instance) -> Sweep {
         Sweep {
             cgroup: inst.cgroup.clone(),
             marker: inst.marker.clone(),
@@ -117,7 +125,42 @@ impl Sweep {
     pub(super) fn run(&self, service: &str) {
         sweep_instance(service, self.cgroup.as_deref(), &self.marker);
     }
+
+    /// After a stop whose main process `pgid` has exited: give the rest of its process group
+    /// and cgroup (which got the stop signal too) until `grace_until` to exit, then SIGKILL
+    /// what is left and sweep. Returns when nothing of the instance runs.
+    pub(super) async fn clear(self, pgid: i32, grace_until: Option<Instant>, service: String) {
+        if let Some(until) = grace_until {
+            let mut pause = Duration::from_millis(1);
+            while !self.group_gone(pgid) {
+                let now = Instant::now();
+                if now >= until {
+                    tracing::warn!(
+                        service,
+                        "processes of the service outlived the stop timeout; killing them"
+                    );
+                    break;
+                }
+                tokio::time::sleep(pause.min(until - now)).await;
+                pause = (pause * 2).min(CLEAR_POLL_MAX);
+            }
+        }
+        signal_group(pgid, Signal::SIGKILL);
+        let _ = tokio::task::spawn_blocking(move || self.run(&service)).await;
+    }
+
+    /// No process is left in the group, nor in the cgroup.
+    fn group_gone(&self, pgid: i32) -> bool {
+        let group_empty = matches!(
+            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None),
+            Err(nix::Error::ESRCH)
+        );
+        group_empty && self.cgroup.as_deref().is_none_or(cgroup::is_empty)
+    }
 }
+
+/// The longest pause between two looks at a stopping instance's remaining processes.
+const CLEAR_POLL_MAX: Duration = Duration::from_millis(50);
 
 /// Kill what an instance left: its cgroup (then remove it) and anything carrying its marker.
 pub(super) fn sweep_instance(service: &str, cgroup: Option<&std::path::Path>, marker: &str) {

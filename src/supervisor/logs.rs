@@ -132,7 +132,9 @@ impl LogHub {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(_) => break,
             };
-            lines.push(&chunk[..n], |line| self.emit(line, stream, pid, &mut dropped));
+            lines.push(&chunk[..n], |line| {
+                self.emit(line, stream, pid, &mut dropped)
+            });
         }
         lines.finish(|line| self.emit(line, stream, pid, &mut dropped));
         if dropped > 0 {
@@ -352,13 +354,20 @@ mod tests {
     fn lines_are_cut_at_newlines_across_chunks() {
         assert_eq!(
             split(&[b"one\ntw", b"o\n\nthr", b"ee"]),
-            vec![b"one".to_vec(), b"two".to_vec(), b"".to_vec(), b"three".to_vec()]
+            vec![
+                b"one".to_vec(),
+                b"two".to_vec(),
+                b"".to_vec(),
+                b"three".to_vec()
+            ]
         );
     }
 
     #[test]
     fn a_long_line_is_cut_into_pieces_and_loses_no_byte() {
-        let long: Vec<u8> = (0..2 * MAX_LINE + 100).map(|i| b'a' + (i % 26) as u8).collect();
+        let long: Vec<u8> = (0..2 * MAX_LINE + 100)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect();
         let mut input = long.clone();
         input.extend_from_slice(b"\nnext\n");
         // Whole, and in chunks of every awkward size.
@@ -386,7 +395,10 @@ mod tests {
         );
         // Without a newline at all: 3 pieces, nothing lost.
         let flood = vec![b'z'; 3 * MAX_LINE];
-        assert_eq!(split(&[&flood[..5000], &flood[5000..]]), vec![line.iter().map(|_| b'z').collect::<Vec<u8>>(); 3]);
+        assert_eq!(
+            split(&[&flood[..5000], &flood[5000..]]),
+            vec![line.iter().map(|_| b'z').collect::<Vec<u8>>(); 3]
+        );
     }
 
     #[tokio::test]

@@ -33,8 +33,11 @@ const SCRUBBED: &[&str] = &[
 /// start and again at each reload; every spawn copies the snapshot.
 #[derive(Clone, Debug)]
 pub struct ServiceEnv {
-    vars: Arc<watch::Sender<Arc<[(String, String)]>>>,
+    vars: Arc<watch::Sender<EnvVars>>,
 }
+
+/// A shared list of environment variables.
+pub type EnvVars = Arc<[(String, String)]>;
 
 impl ServiceEnv {
     /// orchd's environment now, less `secrets` (variable names) and [`SCRUBBED`].
@@ -49,14 +52,14 @@ impl ServiceEnv {
         self.vars.send_replace(Self::read(secrets));
     }
 
-    fn read(secrets: &[String]) -> Arc<[(String, String)]> {
+    fn read(secrets: &[String]) -> EnvVars {
         std::env::vars()
             .filter(|(k, _)| !SCRUBBED.contains(&k.as_str()) && !secrets.contains(k))
             .collect()
     }
 
     /// The variables, as of the last read.
-    pub fn vars(&self) -> Arc<[(String, String)]> {
+    pub fn vars(&self) -> EnvVars {
         self.vars.borrow().clone()
     }
 }
@@ -86,7 +89,7 @@ pub struct InstanceParams {
     pub marker: String,
     pub cgroup: Option<PathBuf>,
     /// orchd's environment, as services inherit it.
-    pub env: Arc<[(String, String)]>,
+    pub env: EnvVars,
 }
 
 /// The spawn spec running `exec` (the unit's own when `None`) in `unit`'s environment:

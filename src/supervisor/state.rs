@@ -82,6 +82,8 @@ pub enum Input {
     },
     /// The deadline returned by [`Machine::deadline`] passed.
     Deadline,
+    /// After a stop: everything the instance started is gone (see [`Action::Clear`]).
+    Cleared,
     /// Health checks declared the process dead (`on_unhealthy = "restart"`).
     Unhealthy,
 }
@@ -94,6 +96,12 @@ pub enum Action {
     Signal(Signal),
     /// SIGKILL everything the instance started.
     KillAll,
+    /// The stopped instance's main process is gone: give the rest of what it started (its
+    /// process group and cgroup, which got the stop signal too) until `grace_until` to exit,
+    /// then SIGKILL whatever is left, sweep, and report [`Input::Cleared`].
+    Clear {
+        grace_until: Option<Instant>,
+    },
     Emit(EventKind),
 }
 
@@ -132,6 +140,8 @@ pub struct Machine {
     running_since: Option<Instant>,
     reason: Option<String>,
     killed: bool,
+    /// Stopping, and the main process has exited: waiting for [`Input::Cleared`].
+    clearing: bool,
 }
 
 impl Machine {
@@ -150,6 +160,7 @@ impl Machine {
             running_since: None,
             reason: None,
             killed: false,
+            clearing: false,
         }
     }
 
@@ -187,6 +198,7 @@ impl Machine {
             Input::SpawnFailed { error } => self.on_spawn_failed(error, ctx),
             Input::Exited { code, signal } => self.on_exited(code, signal, ctx),
             Input::Deadline => self.on_deadline(ctx),
+            Input::Cleared => self.on_cleared(ctx),
             Input::Unhealthy => self.on_unhealthy(ctx),
         }
     }
@@ -350,6 +362,7 @@ impl Machine {
             return vec![];
         }
         self.set_state(State::Stopping);
+        self.clearing = false;
         self.deadline = Some(ctx.now + self.stop.timeout);
         vec![
             Action::Signal(self.stop.signal),
@@ -364,15 +377,28 @@ impl Machine {
             .map(|t| ctx.now.duration_since(t))
             .unwrap_or_default();
         match self.state {
-            State::Stopping => self.exited_while_stopping(ctx),
+            State::Stopping => self.exited_while_stopping(),
             State::Running => self.exited_unexpectedly(code, signal, ran, ctx),
             _ => vec![],
         }
     }
 
-    fn exited_while_stopping(&mut self, ctx: Ctx) -> Vec<Action> {
-        // Whatever the group left behind goes too: after a stop nothing of the service runs.
-        let mut actions = vec![Action::KillAll];
+    /// The main process ended after the stop signal. The stop is done when nothing the
+    /// instance started is left: until then the service stays `stopping`.
+    fn exited_while_stopping(&mut self) -> Vec<Action> {
+        let grace_until = if self.killed { None } else { self.deadline };
+        self.clearing = true;
+        // The grace period is the clearing job's to keep now.
+        self.deadline = None;
+        vec![Action::Clear { grace_until }]
+    }
+
+    fn on_cleared(&mut self, ctx: Ctx) -> Vec<Action> {
+        if self.state != State::Stopping || !self.clearing {
+            return vec![];
+        }
+        self.clearing = false;
+        let mut actions = vec![];
         match std::mem::replace(&mut self.after_stop, AfterStop::Stay) {
             AfterStop::Start if self.want_up => actions.extend(self.enter_starting(ctx)),
             AfterStop::Backoff if self.want_up => {

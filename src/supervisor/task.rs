@@ -16,12 +16,12 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::cgroup::CgroupRoot;
-use super::spec::ServiceEnv;
 use super::deploying::DeployRun;
 use super::deps;
 use super::instance::{Sweep, sweep_instance};
 use super::logs::{Journal, LogHub};
 use super::process::{ExitInfo, Spawner, signal_group};
+use super::spec::ServiceEnv;
 use super::state::{Action, Ctx, Deps, Input, Machine, State, describe_exit};
 use super::{Command, DepWatch, Health, Op, ServiceStatus, SupervisorHandle};
 use crate::config::{SwitchMode, Unit};
@@ -84,6 +84,15 @@ pub(super) struct Slot {
     pub(super) prober: Option<CancellationToken>,
     /// Identifies the current prober's results; older ones are ignored.
     pub(super) probe_tag: u64,
+    /// A stopped instance whose leftovers are being cleared ([`Action::Clear`]).
+    pub(super) clearing: Option<Clearing>,
+}
+
+/// The job that ends a stopped instance's leftovers; it reports its slot on `cleared_tx`.
+pub(super) struct Clearing {
+    pid: i32,
+    sweep: Sweep,
+    job: tokio::task::JoinHandle<()>,
 }
 
 impl Slot {
@@ -97,6 +106,7 @@ impl Slot {
             health: None,
             prober: None,
             probe_tag: 0,
+            clearing: None,
         }
     }
 
@@ -133,6 +143,8 @@ pub(super) struct Supervisor {
     pub(super) status: watch::Sender<ServiceStatus>,
     pub(super) logs: LogHub,
     pub(super) exits_tx: mpsc::UnboundedSender<ExitInfo>,
+    /// Slots whose stopped instance has been cleared.
+    pub(super) cleared_tx: mpsc::UnboundedSender<usize>,
     /// Results are boxed: every slot of the queue is as large as its item.
     pub(super) probe_tx: mpsc::Sender<(u64, Box<ProbeResult>)>,
     /// Events waiting for the status update that goes with them.
@@ -168,6 +180,7 @@ pub fn spawn_supervisor(
     } = spec;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (exits_tx, exits_rx) = mpsc::unbounded_channel();
+    let (cleared_tx, cleared_rx) = mpsc::unbounded_channel();
     let logs = LogHub::spawn(&unit.name, shared.journal.clone());
     let handle = SupervisorHandle {
         name: unit.name.clone(),
@@ -198,6 +211,7 @@ pub fn spawn_supervisor(
         status,
         logs,
         exits_tx,
+        cleared_tx,
         probe_tx,
         events: Vec::new(),
         proxy: None,
@@ -210,7 +224,7 @@ pub fn spawn_supervisor(
     };
     // Boxed: the future keeps a pointer instead of holding the ~2 KiB state twice (as the
     // argument and as the moved-in local), which is most of a supervisor's memory.
-    tracker.spawn(Box::new(sup).run(cmd_rx, exits_rx, probe_rx, start, cancel));
+    tracker.spawn(Box::new(sup).run(cmd_rx, exits_rx, cleared_rx, probe_rx, start, cancel));
     handle
 }
 
@@ -219,6 +233,7 @@ impl Supervisor {
         mut self: Box<Self>,
         mut commands: mpsc::UnboundedReceiver<Command>,
         mut exits: mpsc::UnboundedReceiver<ExitInfo>,
+        mut cleared: mpsc::UnboundedReceiver<usize>,
         mut probes: mpsc::Receiver<(u64, Box<ProbeResult>)>,
         start: bool,
         cancel: CancellationToken,
@@ -247,6 +262,10 @@ impl Supervisor {
                     None => break,
                 },
                 Some(exit) = exits.recv() => self.on_exit(exit).await,
+                Some(slot) = cleared.recv() => {
+                    self.slots[slot].clearing = None;
+                    self.feed(slot, Input::Cleared).await;
+                }
                 _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
                     self.on_deadline().await;
                 }
@@ -268,6 +287,11 @@ impl Supervisor {
             sweep.run(&self.unit.name);
         }
         for i in 0..2 {
+            if let Some(c) = self.slots[i].clearing.take() {
+                c.job.abort();
+                signal_group(c.pid, Signal::SIGKILL);
+                c.sweep.run(&self.unit.name);
+            }
             self.stop_probing(i);
             if let Some(inst) = self.slots[i].instance.take() {
                 signal_group(inst.pid, Signal::SIGKILL);
@@ -537,6 +561,23 @@ impl Supervisor {
                     })
                 }
             },
+            Action::Clear { grace_until } => {
+                let Some(inst) = self.slots[slot].dying.as_ref() else {
+                    // A monitor-only unit has no process to clear.
+                    return Some(Input::Cleared);
+                };
+                let (pid, sweep) = (inst.pid, Sweep::of(inst));
+                let cleared = self.cleared_tx.clone();
+                let job = sweep
+                    .clone()
+                    .clear(pid, grace_until, self.unit.name.clone());
+                let job = tokio::spawn(async move {
+                    job.await;
+                    let _ = cleared.send(slot);
+                });
+                self.slots[slot].clearing = Some(Clearing { pid, sweep, job });
+                None
+            }
             Action::KillAll => {
                 let s = &self.slots[slot];
                 if let Some(sweep) = s.instance.as_ref().or(s.dying.as_ref()).map(Sweep::kill) {

@@ -81,7 +81,77 @@ fn stop_leaves_no_double_forked_daemon_behind() {
     assert!(alive(daemon));
     let out = orchd.ctl(&["stop", "forker"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    wait_for("the daemonized grandchild to be gone", T, || !alive(daemon));
+    // `stop` answers once the service is `inactive`, and that is once nothing of it runs.
+    assert_eq!(orchd.state("forker"), "inactive");
+    assert!(
+        !alive(daemon),
+        "the daemonized grandchild outlived the stop"
+    );
+}
+
+/// The stop timeout is the whole group's: children that shut down gracefully after the main
+/// process has exited get their time, and one that ignores the stop signal is killed when
+/// the timeout ends, before the stop is reported done.
+#[test]
+fn stop_gives_the_whole_group_its_timeout_then_kills_what_is_left() {
+    let s = Setup::new();
+    let (graceful, stubborn, ready) = (s.file("graceful"), s.file("stubborn.pid"), s.file("ready"));
+    let script = s.file("group.sh");
+    std::fs::write(
+        &script,
+        format!(
+            r#"/bin/sh -c "trap 'sleep 0.3; echo done > {graceful}; exit 0' TERM; while :; do sleep 0.05; done" &
+/bin/sh -c "trap '' TERM; echo \$\$ > {stubborn}; while :; do sleep 0.05; done" &
+trap 'exit 0' TERM
+echo up > {ready}
+while :; do sleep 0.05; done
+"#,
+            graceful = graceful.display(),
+            stubborn = stubborn.display(),
+            ready = ready.display(),
+        ),
+    )
+    .unwrap();
+    s.unit(
+        "group",
+        &format!(
+            "exec = [\"/bin/sh\", \"{}\"]\n[stop]\ntimeout = \"1500ms\"\n",
+            script.display()
+        ),
+    );
+    let orchd = s.start();
+    let main = orchd.wait_new_pid("group", None, T);
+    wait_for("the service and its children", T, || ready.exists());
+    let stubborn = wait_some("the stubborn child's pid", T, || read_pid(&stubborn));
+    let started = std::time::Instant::now();
+    let out = orchd.ctl(&["stop", "group"]);
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(orchd.state("group"), "inactive");
+    assert!(
+        !alive(main) && !alive(stubborn),
+        "a process outlived the stop"
+    );
+    assert_eq!(
+        lines(&graceful),
+        ["done"],
+        "the graceful child was killed before it finished"
+    );
+    assert!(
+        took >= Duration::from_millis(1400),
+        "the stop ended after {took:?}, before the stubborn child's timeout"
+    );
+    assert!(
+        orchd
+            .log_text()
+            .contains("processes of the service outlived the stop timeout; killing them"),
+        "{}",
+        orchd.log_text()
+    );
+    // The main process exited on SIGTERM at once: its exit says so (no SIGKILL).
+    let events = orchd.events(1000);
+    let exited = events.iter().find(|e| e["kind"] == "exited").unwrap();
+    assert_eq!(exited["code"], 0, "{exited}");
 }
 
 #[test]

@@ -149,10 +149,106 @@ fn orchd_check_accepts_the_demo_units() {
         text(&out.stderr)
     );
     // The check saw every demo unit (a units_dir pointing elsewhere would pass vacuously).
-    let units = std::fs::read_dir(config.parent().unwrap().join("services"))
-        .unwrap()
-        .count();
+    let dir = config.parent().unwrap().join("services");
+    let units = std::fs::read_dir(&dir).unwrap().count();
     assert!(units >= 4, "{units} demo units");
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "{}: configuration is valid ({units} unit(s) in {})\n",
+            config.display(),
+            dir.display()
+        )
+    );
+}
+
+/// `orchd --check` prints every error of every unit as FILE:LINE:COL: message, sorted, and
+/// exits 2; each of the mistakes the issue names has its exact text here.
+#[test]
+fn orchd_check_prints_every_error_with_its_place() {
+    let s = Setup::new();
+    s.unit("wrongtype", "exec = \"sleep 1000\"\n")
+        .unit(
+            "baddur",
+            "exec = [\"sleep\", \"1000\"]\n[restart]\ndelay = \"5 parsecs\"\n",
+        )
+        .unit("emptyexec", "exec = []\n")
+        .unit(
+            "unknowndep",
+            "exec = [\"sleep\", \"1000\"]\nrequires = [\"nosuch\"]\n",
+        )
+        .unit(
+            "cycle-a",
+            "exec = [\"sleep\", \"1000\"]\nrequires = [\"cycle-b\"]\n",
+        )
+        .unit(
+            "cycle-b",
+            "exec = [\"sleep\", \"1000\"]\nafter = [\"cycle-a\"]\n",
+        )
+        .unit(
+            "ports-a",
+            "exec = [\"sleep\", \"1000\"]\n[deploy]\nlisten = \"127.0.0.1:9100\"\nports = [9101, 9102]\n",
+        )
+        .unit(
+            "ports-b",
+            "exec = [\"sleep\", \"1000\"]\n[deploy]\nlisten = \"127.0.0.1:9200\"\nports = [9102, 9103]\n",
+        )
+        .unit("unknownkey", "exec = [\"sleep\", \"1000\"]\nrestrat = 1\n")
+        .unit("fine", "exec = [\"sleep\", \"1000\"]\n");
+    s.write_config();
+    let out = Command::new(ORCHD)
+        .arg("--check")
+        .arg("--config")
+        .arg(s.config_path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    let units = s.path().join("units");
+    let at = |unit: &str| units.join(format!("{unit}.toml")).display().to_string();
+    let expected = [
+        format!(
+            "{}:3:9: invalid duration \"5 parsecs\": unknown time unit \"parsecs\", supported \
+             units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)",
+            at("baddur")
+        ),
+        format!(
+            "{}:2:13: dependency cycle: cycle-a -> cycle-b -> cycle-a",
+            at("cycle-a")
+        ),
+        format!(
+            "{}:2:10: dependency cycle: cycle-a -> cycle-b -> cycle-a",
+            at("cycle-b")
+        ),
+        format!(
+            "{}:1:8: `exec` must not be empty (omit it for a monitor-only unit with [health])",
+            at("emptyexec")
+        ),
+        format!(
+            "{}:4:16: port 9102 is also a slot port of unit `ports-b`",
+            at("ports-a")
+        ),
+        format!(
+            "{}:4:10: port 9102 is also a slot port of unit `ports-a`",
+            at("ports-b")
+        ),
+        format!(
+            "{}:2:13: unknown dependency `nosuch`: no unit file nosuch.toml in {}",
+            at("unknowndep"),
+            units.display()
+        ),
+        format!(
+            "{}:2:1: unknown field `restrat`, expected one of `description`, `exec`, \
+             `working_dir`, `release`, `user`, `group`, `env`, `env_file`, `requires`, `after`, \
+             `alert`, `restart`, `stop`, `health`, `deploy`",
+            at("unknownkey")
+        ),
+        format!(
+            "{}:1:8: invalid type: string \"sleep 1000\", expected an array",
+            at("wrongtype")
+        ),
+    ];
+    assert_eq!(text(&out.stdout).lines().collect::<Vec<_>>(), expected);
+    assert_eq!(text(&out.stderr), "9 error(s)\n");
 }
 
 #[test]

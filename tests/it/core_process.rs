@@ -298,12 +298,8 @@ fn password_env_secrets_are_kept_from_services_and_probes() {
     };
     s.extra_config = format!("[alerts]\n{}", channel("one", "ORCH_TEST_PW_ONE"));
     let (app_env, probe_env) = (s.file("app.env"), s.file("probe.env"));
-    let dump = |path: &std::path::Path| {
-        format!(
-            "env > {p}.tmp && mv {p}.tmp {p}",
-            p = path.display()
-        )
-    };
+    let dump =
+        |path: &std::path::Path| format!("env > {p}.tmp && mv {p}.tmp {p}", p = path.display());
     s.unit(
         "app",
         &format!(
@@ -326,7 +322,10 @@ fn password_env_secrets_are_kept_from_services_and_probes() {
         let env = seen(path);
         assert!(!env.contains("ORCH_TEST_PW_ONE"), "{env}");
         assert!(!env.contains("first-secret-value"), "{env}");
-        assert!(env.contains("ORCH_TEST_PW_TWO=second-secret-value"), "{env}");
+        assert!(
+            env.contains("ORCH_TEST_PW_TWO=second-secret-value"),
+            "{env}"
+        );
     }
     // A reload that names a second variable keeps that one from the next start too.
     s.extra_config = format!(
@@ -342,10 +341,14 @@ fn password_env_secrets_are_kept_from_services_and_probes() {
     let old = orchd.pid_of("app");
     assert!(orchd.ctl(&["restart", "app"]).status.success());
     orchd.wait_new_pid("app", old, T);
-    wait_for("the restarted service's and its probe's environment", T, || {
-        seen(&app_env).contains("ORCH_TEST_PLAIN=plain-value")
-            && seen(&probe_env).contains("ORCH_TEST_PLAIN=plain-value")
-    });
+    wait_for(
+        "the restarted service's and its probe's environment",
+        T,
+        || {
+            seen(&app_env).contains("ORCH_TEST_PLAIN=plain-value")
+                && seen(&probe_env).contains("ORCH_TEST_PLAIN=plain-value")
+        },
+    );
     for path in [&app_env, &probe_env] {
         let env = seen(path);
         assert!(!env.contains("secret-value"), "{env}");

@@ -204,9 +204,72 @@ fn stop_signals_then_kills_at_timeout_and_never_restarts() {
         },
         c.at(5_011),
     );
-    assert_eq!(a, vec![Action::KillAll]);
+    // Killed already: what is left goes at once, with no grace.
+    assert_eq!(a, vec![Action::Clear { grace_until: None }]);
+    assert_eq!(m.state(), State::Stopping);
+    assert_eq!(m.step(Input::Cleared, c.at(5_012)), vec![]);
     assert_eq!(m.state(), State::Inactive);
     assert!(!m.want_up());
+}
+
+/// After the stop signal the main process may exit before the rest of what it started: the
+/// stop is done only once that is cleared, within the same stop timeout.
+#[test]
+fn a_stop_ends_only_when_everything_is_cleared() {
+    let c = Clock(Instant::now());
+    let exited = || Input::Exited {
+        code: None,
+        signal: Some(Signal::SIGTERM),
+    };
+    // (inputs after the stop at 10 ms, the last one's actions, state after it)
+    type Row = (Vec<(Input, u64)>, Vec<Action>, State);
+    let table: Vec<Row> = vec![
+        // The main process exits at 100 ms: the rest of its group may take until the
+        // stop deadline (10 + 5000 ms).
+        (
+            vec![(exited(), 100)],
+            vec![Action::Clear {
+                grace_until: Some(c.at(5_010).now),
+            }],
+            State::Stopping,
+        ),
+        // The machine's own deadline is off while the clearing job keeps it.
+        (
+            vec![(exited(), 100), (Input::Deadline, 5_010)],
+            vec![],
+            State::Stopping,
+        ),
+        (
+            vec![(exited(), 100), (Input::Cleared, 200)],
+            vec![],
+            State::Inactive,
+        ),
+        // A second stop changes nothing; a start waits for the clearing, then spawns.
+        (
+            vec![(exited(), 100), (Input::Stop, 150)],
+            vec![],
+            State::Stopping,
+        ),
+        (
+            vec![(exited(), 100), (Input::Start, 150), (Input::Cleared, 200)],
+            vec![Action::Spawn],
+            State::Starting,
+        ),
+        // A stray report (no clearing under way) is ignored.
+        (vec![(Input::Cleared, 100)], vec![], State::Stopping),
+    ];
+    for (i, (inputs, want, state)) in table.into_iter().enumerate() {
+        let mut m = machine(RestartPolicy::Always, 0);
+        m.step(Input::Start, c.at(0));
+        m.step(Input::Spawned { pid: 1 }, c.at(0));
+        m.step(Input::Stop, c.at(10));
+        let mut got = vec![];
+        for (input, at) in inputs {
+            got = m.step(input, c.at(at));
+        }
+        assert_eq!(got, want, "row {i}");
+        assert_eq!(m.state(), state, "row {i}");
+    }
 }
 
 #[test]
@@ -238,7 +301,13 @@ fn restart_stops_then_starts_and_clears_counters() {
         },
         c.at(2),
     );
-    assert_eq!(a, vec![Action::KillAll, Action::Spawn]);
+    assert_eq!(
+        a,
+        vec![Action::Clear {
+            grace_until: Some(c.at(5_001).now)
+        }]
+    );
+    assert_eq!(m.step(Input::Cleared, c.at(3)), vec![Action::Spawn]);
     assert_eq!(m.restarts(), 0);
 }
 
@@ -320,7 +389,13 @@ fn unhealthy_restarts_through_backoff() {
         },
         c.at(6),
     );
-    assert_eq!(a, vec![Action::KillAll, backoff(100, 1)]);
+    assert_eq!(
+        a,
+        vec![Action::Clear {
+            grace_until: Some(c.at(5_005).now)
+        }]
+    );
+    assert_eq!(m.step(Input::Cleared, c.at(7)), vec![backoff(100, 1)]);
     assert_eq!(m.state(), State::Backoff);
 }
 
