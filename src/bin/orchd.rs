@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
 use clap::Parser;
@@ -50,7 +51,8 @@ fn main() -> ExitCode {
     }
     // Before any thread exists (the tokio runtime starts them): see its comment.
     orch::supervisor::process::block_sigchld();
-    init_tracing();
+    // Held to the end of main: dropping it writes out the lines still queued.
+    let _log_writer = init_tracing();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -104,9 +106,18 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Lines of orchd's stderr log that may wait for a slow reader before new ones are dropped
+/// (each up to ~8 KiB: a service's line).
+const STDERR_QUEUE: usize = 1024;
+
 /// journald when stderr is the journal (`JOURNAL_STREAM`), else plain stderr. `ORCH_LOG`
 /// (or `RUST_LOG`) sets the filter, default `info`.
-fn init_tracing() {
+///
+/// Lines for stderr are written by a thread of their own: a stderr that is a pipe nobody
+/// reads fast enough (`orchd 2>&1 | slow`) must never stall orchd's runtime, and with it the
+/// supervision of every service. When it falls behind, lines are dropped, and the next line
+/// written says how many.
+fn init_tracing() -> Option<tracing_appender::non_blocking::WorkerGuard> {
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("ORCH_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
@@ -117,14 +128,54 @@ fn init_tracing() {
             registry
                 .with(journald.with_syslog_identifier("orchd".into()))
                 .init();
-            return;
+            return None;
         }
     }
+    let dropped = Arc::new(OnceLock::new());
+    let (stderr, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(STDERR_QUEUE)
+        .thread_name("orchd-log")
+        .finish(SaysDrops {
+            out: std::io::stderr(),
+            dropped: dropped.clone(),
+            told: 0,
+        });
+    let _ = dropped.set(stderr.error_counter());
     registry
         .with(
             tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
+                .with_writer(stderr)
                 .with_target(false),
         )
         .init();
+    Some(guard)
+}
+
+/// orchd's stderr, as the log thread writes it: says how many lines were dropped before the
+/// first line written after them.
+struct SaysDrops {
+    out: std::io::Stderr,
+    dropped: Arc<OnceLock<tracing_appender::non_blocking::ErrorCounter>>,
+    /// Drops already reported.
+    told: usize,
+}
+
+impl std::io::Write for SaysDrops {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let dropped = self.dropped.get().map_or(0, |c| c.dropped_lines());
+        if dropped > self.told {
+            let note = format!(
+                "orchd: {} lines of this log were dropped: stderr could not keep up\n",
+                dropped - self.told
+            );
+            self.told = dropped;
+            self.out.write_all(note.as_bytes())?;
+        }
+        self.out.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }

@@ -154,6 +154,30 @@ while :; do sleep 0.05; done
     assert_eq!(exited["code"], 0, "{exited}");
 }
 
+/// Shutdown stops dependents before what they require, each level once the one above is down:
+/// the slowest to stop (web, at the top) still goes first.
+#[test]
+fn shutdown_stops_in_reverse_dependency_order() {
+    let s = Setup::new();
+    let (order, ready) = (s.file("order"), s.file("ready"));
+    let unit = |name: &str, pause: &str, requires: &str| {
+        format!(
+            "exec = [\"/bin/sh\", \"-c\", \"trap 'sleep {pause}; echo {name} >> {order}; exit 0' TERM; echo {name} >> {ready}; while :; do sleep 0.05; done\"]\n{requires}",
+            order = order.display(),
+            ready = ready.display()
+        )
+    };
+    s.unit("db", &unit("db", "0", ""))
+        .unit("api", &unit("api", "0", "requires = [\"db\"]\n"))
+        .unit("web", &unit("web", "0.3", "requires = [\"api\"]\n"))
+        .unit("cron", &unit("cron", "0", "after = [\"web\"]\n"));
+    let mut orchd = s.start();
+    wait_for("every service's TERM trap", T, || lines(&ready).len() == 4);
+    let status = orchd.stop();
+    assert!(status.success(), "orchd exited with {status:?}");
+    assert_eq!(lines(&order), ["cron", "web", "api", "db"]);
+}
+
 #[test]
 fn sigterm_stops_everything_and_exits_zero() {
     let s = Setup::new();

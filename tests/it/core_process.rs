@@ -218,6 +218,74 @@ fn a_flood_without_newlines_blocks_nothing() {
     );
 }
 
+/// orchd's stderr is a pipe that nobody reads while a service floods lines: orchd's log drops
+/// lines instead of stalling orchd, which keeps answering, and says how many it dropped.
+#[test]
+fn a_stderr_nobody_reads_stalls_nothing() {
+    let s = Setup::new();
+    // Three of them: more than orchd's two runtime threads, which a blocking log write of
+    // each would hold.
+    let markers: Vec<_> = (0..3).map(|i| s.file(&format!("flood-done-{i}"))).collect();
+    for (i, marker) in markers.iter().enumerate() {
+        s.unit(
+            &format!("chatty{i}"),
+            &format!(
+                r#"exec = ["/bin/sh", "-c", "yes 'a line of output' | head -n 300000; echo done > {}; exec sleep 1000"]"#,
+                marker.display()
+            ),
+        );
+    }
+    s.write_config();
+    let mut child = Command::new(ORCHD)
+        .arg("--config")
+        .arg(s.config_path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let orchd = Orchd {
+        child: Some(child),
+        socket: s.socket(),
+        log: s.file("unused.log"),
+    };
+    wait_for("orchd's socket", T, || {
+        std::os::unix::net::UnixStream::connect(&orchd.socket).is_ok()
+    });
+    let mut slowest = Duration::ZERO;
+    wait_for("the flood to get through", Duration::from_secs(60), || {
+        let t0 = Instant::now();
+        let out = orchd.ctl(&["status", "chatty0"]);
+        slowest = slowest.max(t0.elapsed());
+        assert!(out.status.success(), "status failed: {}", text(&out.stderr));
+        markers.iter().all(|m| m.exists())
+    });
+    assert!(
+        slowest < Duration::from_secs(2),
+        "orchctl status took {slowest:?} while orchd's stderr was full"
+    );
+    // Now read it: the first line after the gap says what was lost.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("lines of this log were dropped") {
+                let _ = tx.send(line);
+                break;
+            }
+        }
+    });
+    let note = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("no note of dropped lines on orchd's stderr");
+    assert!(
+        note.starts_with("orchd: ")
+            && note.ends_with(" lines of this log were dropped: stderr could not keep up"),
+        "{note}"
+    );
+}
+
 #[test]
 fn environment_working_dir_port_and_release() {
     let s = Setup::new();
