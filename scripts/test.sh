@@ -8,6 +8,8 @@ need_apt=()
 command -v dbus-daemon >/dev/null 2>&1 || need_apt+=(dbus)
 command -v busctl >/dev/null 2>&1 || need_apt+=(systemd)
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need_apt+=(python3-aiosmtpd)
+# The metrics tests check the exposition with the Prometheus project's own parser.
+/usr/bin/python3 -c 'import prometheus_client.parser' >/dev/null 2>&1 || need_apt+=(python3-prometheus-client)
 # Packaging (tests/it/packaging.rs): systemd-analyze (in systemd), lintian, groff and man.
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v lintian >/dev/null 2>&1 || need_apt+=(lintian)

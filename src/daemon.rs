@@ -101,6 +101,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let (alerts, alert_commands) = alert::channel();
     // Subscribed before any service starts, so the first crash is seen.
     let alert_events = bus.subscribe();
+    let metrics = config.daemon.metrics.clone().map(|m| {
+        (
+            m.listen,
+            crate::metrics::spawn_counters(&bus, cancel.child_token()),
+        )
+    });
     let (alerts_config, units) = (config.daemon.alerts.clone(), config.units.clone());
     let (manager, manager_task) = Manager::start(
         config,
@@ -131,6 +137,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     if api.dbus != DbusMode::Off {
         tracker.spawn(dbus::serve(api.clone(), ctx.clone(), cancel.child_token()));
+    }
+    if let Some((listen, counters)) = metrics {
+        serve_metrics(
+            listen,
+            manager.clone(),
+            counters,
+            cancel.child_token(),
+            &tracker,
+        )
+        .await;
     }
     let server_cancel = cancel.child_token();
     tracker.spawn(socket::serve(
@@ -174,6 +190,27 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     tracing::info!("orchd stopped");
     Ok(())
+}
+
+/// Listen on `[metrics] listen` and serve there. A port that cannot be had is an error in the
+/// log, not a reason to leave the services unsupervised: orchd runs on without metrics.
+async fn serve_metrics(
+    listen: std::net::SocketAddr,
+    manager: ManagerHandle,
+    counters: tokio::sync::watch::Receiver<crate::metrics::Counters>,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) {
+    match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => {
+            tracing::info!(%listen, "serving metrics on http://{listen}/metrics");
+            tracker.spawn(crate::metrics::serve(listener, manager, counters, cancel));
+        }
+        Err(e) => tracing::error!(
+            "cannot listen for metrics on {listen}: {e}; orchd runs on without them (free the \
+             port or change [metrics] listen, then restart orchd)"
+        ),
+    }
 }
 
 async fn reload(manager: &ManagerHandle) {

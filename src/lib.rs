@@ -27,6 +27,7 @@
 //! - [`state`]: persisted per-service state, written atomically.
 //! - [`daemon`]: start-up, signals, readiness, watchdog, shutdown.
 //! - [`memory`]: giving back the binary pages and heap only start-up used.
+//! - [`metrics`]: the Prometheus endpoint (`[metrics] listen`).
 //! - [`ctl`]: `orchctl`'s human and JSON output.
 //! - [`manpage`]: `orchd(8)` and `orchctl(1)` from the clap definitions.
 
@@ -41,6 +42,7 @@ pub mod health;
 pub mod manager;
 pub mod manpage;
 pub mod memory;
+pub mod metrics;
 pub mod state;
 pub mod supervisor;
 

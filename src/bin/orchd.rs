@@ -110,14 +110,28 @@ fn run(args: Args) -> anyhow::Result<()> {
 /// (each up to ~8 KiB: a service's line).
 const STDERR_QUEUE: usize = 1024;
 
+/// Whether writing to stderr can wait on someone: a pipe, a socket or a terminal can; a
+/// regular file or `/dev/null` cannot, and is written directly (no thread, no hand-over per
+/// line: the crash-loop restart path logs a few lines each time).
+fn stderr_may_stall() -> bool {
+    use nix::sys::stat::{SFlag, fstat};
+    let Ok(st) = fstat(std::io::stderr()) else {
+        return true;
+    };
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    let tty = nix::unistd::isatty(std::io::stderr()).unwrap_or(true);
+    !(kind == SFlag::S_IFREG || kind == SFlag::S_IFCHR && !tty)
+}
+
 /// journald when stderr is the journal (`JOURNAL_STREAM`), else plain stderr. `ORCH_LOG`
 /// (or `RUST_LOG`) sets the filter, default `info`.
 ///
-/// Lines for stderr are written by a thread of their own: a stderr that is a pipe nobody
-/// reads fast enough (`orchd 2>&1 | slow`) must never stall orchd's runtime, and with it the
-/// supervision of every service. When it falls behind, lines are dropped, and the next line
-/// written says how many.
+/// Where stderr may stall ([`stderr_may_stall`]), lines are written by a thread of their own:
+/// a pipe nobody reads fast enough (`orchd 2>&1 | slow`) must never stall orchd's runtime, and
+/// with it the supervision of every service. When it falls behind, lines are dropped, and the
+/// next line written says how many.
 fn init_tracing() -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("ORCH_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
@@ -131,25 +145,34 @@ fn init_tracing() -> Option<tracing_appender::non_blocking::WorkerGuard> {
             return None;
         }
     }
-    let dropped = Arc::new(OnceLock::new());
-    let (stderr, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(STDERR_QUEUE)
-        .thread_name("orchd-log")
-        .finish(SaysDrops {
-            out: std::io::stderr(),
-            dropped: dropped.clone(),
-            told: 0,
-        });
-    let _ = dropped.set(stderr.error_counter());
+    let (writer, guard) = if stderr_may_stall() {
+        let dropped = Arc::new(OnceLock::new());
+        let (stderr, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(STDERR_QUEUE)
+            .thread_name("orchd-log")
+            .finish(SaysDrops {
+                out: std::io::stderr(),
+                dropped: dropped.clone(),
+                told: 0,
+            });
+        let _ = dropped.set(stderr.error_counter());
+        (BoxMakeWriter::new(stderr), Some(guard))
+    } else {
+        (BoxMakeWriter::new(std::io::stderr), None)
+    };
+    // Colours only for a person at a terminal, not in a file or a pipe to a log collector.
+    let colour = nix::unistd::isatty(std::io::stderr()).unwrap_or(false)
+        && std::env::var_os("NO_COLOR").is_none();
     registry
         .with(
             tracing_subscriber::fmt::layer()
-                .with_writer(stderr)
+                .with_writer(writer)
+                .with_ansi(colour)
                 .with_target(false),
         )
         .init();
-    Some(guard)
+    guard
 }
 
 /// orchd's stderr, as the log thread writes it: says how many lines were dropped before the

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::cgroup;
 use super::logs::Stream;
-use super::process::signal_group;
+use super::process::{group_alive, kill_group, signal_group};
 use super::spec::{self, InstanceParams};
 use super::state::Input;
 use super::task::{Instance, Supervisor};
@@ -110,7 +110,7 @@ impl Sweep {
     /// the restart rather than before it. They only ever find this instance's processes, never
     /// the next one's (its own cgroup and marker).
     pub(super) fn kill(inst: &Instance) -> Sweep {
-        signal_group(inst.pid, Signal::SIGKILL);
+        kill_group(inst.pid);
         Sweep::of(inst)
     }
 
@@ -145,17 +145,13 @@ impl Sweep {
                 pause = (pause * 2).min(CLEAR_POLL_MAX);
             }
         }
-        signal_group(pgid, Signal::SIGKILL);
+        kill_group(pgid);
         let _ = tokio::task::spawn_blocking(move || self.run(&service)).await;
     }
 
     /// No process is left in the group, nor in the cgroup.
     fn group_gone(&self, pgid: i32) -> bool {
-        let group_empty = matches!(
-            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None),
-            Err(nix::Error::ESRCH)
-        );
-        group_empty && self.cgroup.as_deref().is_none_or(cgroup::is_empty)
+        !group_alive(pgid) && self.cgroup.as_deref().is_none_or(cgroup::is_empty)
     }
 }
 
@@ -163,7 +159,7 @@ impl Sweep {
 const CLEAR_POLL_MAX: Duration = Duration::from_millis(50);
 
 /// Kill what an instance left: its cgroup (then remove it) and anything carrying its marker.
-pub(super) fn sweep_instance(service: &str, cgroup: Option<&std::path::Path>, marker: &str) {
+fn sweep_instance(service: &str, cgroup: Option<&std::path::Path>, marker: &str) {
     if let Some(dir) = cgroup {
         cgroup::remove(dir);
     }

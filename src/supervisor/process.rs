@@ -410,6 +410,21 @@ fn launch_error(spec: &SpawnSpec, creds: Option<&Creds>, e: LaunchError) -> Spaw
     }
 }
 
+/// Whether the process group `pgid` still has a member orchd may signal. Once it has none, its
+/// number is free for a new process (and group) to take: check before signalling a group whose
+/// leader has been reaped.
+pub fn group_alive(pgid: i32) -> bool {
+    // EPERM: its members are not orchd's to signal (nor to kill), as good as gone.
+    pgid > 1 && nix::sys::signal::killpg(Pid::from_raw(pgid), None).is_ok()
+}
+
+/// SIGKILL the process group `pgid` if it still has members (see [`group_alive`]).
+pub fn kill_group(pgid: i32) {
+    if group_alive(pgid) {
+        signal_group(pgid, Signal::SIGKILL);
+    }
+}
+
 /// Send `sig` to the process group `pgid` (ESRCH — nobody left — is not an error).
 pub fn signal_group(pgid: i32, sig: Signal) {
     if pgid <= 1 {

@@ -29,8 +29,8 @@ const SCRUBBED: &[&str] = &[
 ];
 
 /// orchd's own environment as services inherit it: without the variables orchd itself uses
-/// ([`SCRUBBED`]) and without those named by `password_env` (they hold secrets). Read once at
-/// start and again at each reload; every spawn copies the snapshot.
+/// ([`SCRUBBED`]) and without those named by `password_env` (they hold secrets), now or by any
+/// configuration since orchd started. Read once at start; every spawn copies the snapshot.
 #[derive(Clone, Debug)]
 pub struct ServiceEnv {
     vars: Arc<watch::Sender<EnvVars>>,
@@ -47,9 +47,17 @@ impl ServiceEnv {
         }
     }
 
-    /// Re-read orchd's environment, less `secrets` (a reload may name others).
+    /// Also keep out `secrets` (a reload may name others). A variable kept out once stays out:
+    /// a channel removed or renamed by a reload leaves its (perhaps still valid) password in
+    /// orchd's environment.
     pub fn update(&self, secrets: &[String]) {
-        self.vars.send_replace(Self::read(secrets));
+        let vars: EnvVars = self
+            .vars()
+            .iter()
+            .filter(|(k, _)| !secrets.contains(k))
+            .cloned()
+            .collect();
+        self.vars.send_replace(vars);
     }
 
     fn read(secrets: &[String]) -> EnvVars {

@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 use super::cgroup::CgroupRoot;
 use super::deploying::DeployRun;
 use super::deps;
-use super::instance::{Sweep, sweep_instance};
+use super::instance::Sweep;
 use super::logs::{Journal, LogHub};
-use super::process::{ExitInfo, Spawner, signal_group};
+use super::process::{ExitInfo, Spawner, kill_group, signal_group};
 use super::spec::ServiceEnv;
 use super::state::{Action, Ctx, Deps, Input, Machine, State, describe_exit};
 use super::{Command, DepWatch, Health, Op, ServiceStatus, SupervisorHandle};
@@ -282,21 +282,30 @@ impl Supervisor {
             }
         }
         // orchd is going away without a graceful stop of this service: leave nothing behind,
-        // before this task ends.
-        for sweep in std::mem::take(&mut self.sweeps) {
-            sweep.run(&self.unit.name);
-        }
+        // before this task ends. The sweeps block (cgroup removal, the /proc scan, waiting for
+        // deaths): off the runtime's threads, which other services' last sweeps need too.
+        let mut sweeps = std::mem::take(&mut self.sweeps);
         for i in 0..2 {
             if let Some(c) = self.slots[i].clearing.take() {
                 c.job.abort();
-                signal_group(c.pid, Signal::SIGKILL);
-                c.sweep.run(&self.unit.name);
+                kill_group(c.pid);
+                sweeps.push(c.sweep);
             }
             self.stop_probing(i);
             if let Some(inst) = self.slots[i].instance.take() {
+                // Not reaped yet: its group id cannot be anyone else's.
                 signal_group(inst.pid, Signal::SIGKILL);
-                sweep_instance(&self.unit.name, inst.cgroup.as_deref(), &inst.marker);
+                sweeps.push(Sweep::of(&inst));
             }
+        }
+        if !sweeps.is_empty() {
+            let service = self.unit.name.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                for sweep in sweeps {
+                    sweep.run(&service);
+                }
+            })
+            .await;
         }
     }
 

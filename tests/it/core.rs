@@ -100,7 +100,7 @@ fn stop_gives_the_whole_group_its_timeout_then_kills_what_is_left() {
     std::fs::write(
         &script,
         format!(
-            r#"/bin/sh -c "trap 'sleep 0.3; echo done > {graceful}; exit 0' TERM; while :; do sleep 0.05; done" &
+            r#"/bin/sh -c "trap 'sleep 0.3; echo done > {graceful}; exit 0' TERM; echo up > {graceful}.ready; while :; do sleep 0.05; done" &
 /bin/sh -c "trap '' TERM; echo \$\$ > {stubborn}; while :; do sleep 0.05; done" &
 trap 'exit 0' TERM
 echo up > {ready}
@@ -121,7 +121,10 @@ while :; do sleep 0.05; done
     );
     let orchd = s.start();
     let main = orchd.wait_new_pid("group", None, T);
-    wait_for("the service and its children", T, || ready.exists());
+    let graceful_ready = s.file("graceful.ready");
+    wait_for("the service and its children", T, || {
+        ready.exists() && graceful_ready.exists()
+    });
     let stubborn = wait_some("the stubborn child's pid", T, || read_pid(&stubborn));
     let started = std::time::Instant::now();
     let out = orchd.ctl(&["stop", "group"]);

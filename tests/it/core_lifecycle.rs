@@ -42,6 +42,42 @@ fn a_stopped_service_stays_stopped_across_orchd_restarts() {
     orchd.wait_new_pid("a", None, T);
 }
 
+/// A state file that cannot be parsed (a disk that filled up, a hand edit) is moved aside with
+/// a warning, and orchd starts from defaults: every service runs.
+#[test]
+fn a_corrupt_state_file_is_moved_aside_and_the_services_run() {
+    let s = Setup::new();
+    s.unit("svc", "exec = [\"sleep\", \"1000\"]\n");
+    let state = s.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("state.json"), "{\"services\": {\"svc\": tru").unwrap();
+    let orchd = s.start();
+    orchd.wait_new_pid("svc", None, T);
+    let aside: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("state.json.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read_to_string(state.join(&aside[0])).unwrap(),
+        "{\"services\": {\"svc\": tru",
+        "the corrupt file must be kept as it was"
+    );
+    let log = orchd.log_text();
+    assert!(
+        log.contains("WARN")
+            && log.contains("state file is corrupt; moved aside, starting from defaults"),
+        "{log}"
+    );
+    // The state is written anew, and readable by the next orchd.
+    let out = orchd.ctl(&["stop", "svc"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("state.json")).unwrap()).unwrap();
+    assert!(json.is_object(), "{json}");
+}
+
 #[test]
 fn sigkill_of_orchd_leaves_nothing_behind_after_the_next_start() {
     let s = Setup::new();

@@ -191,8 +191,9 @@ fn a_flood_without_newlines_blocks_nothing() {
         max_rss = max_rss.max(rss_kib(me).unwrap_or(0));
         marker.exists()
     });
+    // The guard is against a stall, not a slow answer on a loaded machine.
     assert!(
-        slowest < Duration::from_secs(2),
+        slowest < Duration::from_secs(10),
         "orchctl status took {slowest:?} during the flood ({polls} polls)"
     );
     assert_eq!(orchd.state("quiet"), "running");
@@ -213,7 +214,7 @@ fn a_flood_without_newlines_blocks_nothing() {
     max_rss = max_rss.max(rss_kib(me).unwrap_or(0));
     eprintln!("orchd's largest RSS during the flood: {max_rss} KiB");
     assert!(
-        max_rss < 64 * 1024,
+        max_rss < 96 * 1024,
         "orchd's RSS reached {max_rss} KiB during the flood"
     );
 }
@@ -261,7 +262,7 @@ fn a_stderr_nobody_reads_stalls_nothing() {
         markers.iter().all(|m| m.exists())
     });
     assert!(
-        slowest < Duration::from_secs(2),
+        slowest < Duration::from_secs(10),
         "orchctl status took {slowest:?} while orchd's stderr was full"
     );
     // Now read it: the first line after the gap says what was lost.

@@ -15,6 +15,7 @@ mod deploy;
 mod docs;
 mod health;
 mod load;
+mod metrics;
 mod packaging;
 mod proxy;
 mod receiver;

@@ -1,0 +1,548 @@
+//! The Prometheus endpoint (`[metrics] listen`): every service's state, health, restarts and
+//! deploys, and orchd's own process figures, in the text exposition format (version 0.0.4).
+//!
+//! One task owns the counters (starts, exits, deploys, …): it counts the events of the bus and
+//! publishes the totals as a `watch` snapshot. A scrape asks the manager for the current
+//! statuses (as `orchctl status` does) and renders both. Nothing here is on a service's path:
+//! a slow, absent or misbehaving scraper costs the services nothing.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{Event, EventBus, EventKind};
+use crate::manager::ManagerHandle;
+use crate::supervisor::{Health, ServiceStatus, State};
+
+/// Scrapers served at once; more connections are closed at once.
+const MAX_CONNECTIONS: usize = 16;
+/// A request head must arrive within this.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection (kept alive across scrapes) is closed after this; the scraper reconnects.
+const CONNECTION_TIME: Duration = Duration::from_secs(120);
+/// The media type of the text exposition format.
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Every state, in the order of the contract.
+const STATES: [State; 8] = [
+    State::Inactive,
+    State::Starting,
+    State::Running,
+    State::Stopping,
+    State::Backoff,
+    State::Failed,
+    State::Exited,
+    State::BadSetting,
+];
+
+/// Totals of one service's events since orchd started.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ServiceCounters {
+    pub starts: u64,
+    /// By how the process ended: its exit status ("0", "1", …) or the signal ("SIGKILL").
+    pub exits: BTreeMap<String, u64>,
+    pub spawn_failures: u64,
+    pub failed: u64,
+    pub unhealthy: u64,
+    pub deploys_succeeded: u64,
+    pub deploys_failed: u64,
+    pub rollbacks: u64,
+}
+
+/// Totals of every service's events since orchd started.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Counters {
+    pub services: BTreeMap<String, ServiceCounters>,
+    /// Events the counting task missed because it fell behind the bus.
+    pub events_missed: u64,
+}
+
+impl Counters {
+    /// Count one event.
+    pub fn count(&mut self, ev: &Event) {
+        let s = self.services.entry(ev.service.clone()).or_default();
+        match &ev.kind {
+            EventKind::Started { .. } => s.starts += 1,
+            EventKind::Exited { code, signal, .. } => {
+                let how = match (signal, code) {
+                    (Some(sig), _) => sig.clone(),
+                    (None, Some(code)) => code.to_string(),
+                    (None, None) => "unknown".to_owned(),
+                };
+                *s.exits.entry(how).or_default() += 1;
+            }
+            EventKind::SpawnFailed { .. } => s.spawn_failures += 1,
+            EventKind::Failed { .. } => s.failed += 1,
+            EventKind::Unhealthy { .. } => s.unhealthy += 1,
+            EventKind::DeploySucceeded {
+                rollback: false, ..
+            } => s.deploys_succeeded += 1,
+            EventKind::DeploySucceeded { rollback: true, .. } | EventKind::RolledBack { .. } => {
+                s.rollbacks += 1
+            }
+            EventKind::DeployFailed { .. } => s.deploys_failed += 1,
+            EventKind::Backoff { .. }
+            | EventKind::Stopped
+            | EventKind::Healthy { .. }
+            | EventKind::DeployStarted { .. }
+            | EventKind::Switched { .. } => {}
+        }
+    }
+}
+
+/// Start counting the events of `bus` (subscribe before services start, so none is missed);
+/// the receiver always holds the latest totals.
+pub fn spawn_counters(bus: &EventBus, cancel: CancellationToken) -> watch::Receiver<Counters> {
+    let (tx, rx) = watch::channel(Counters::default());
+    let mut events = bus.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let ev = tokio::select! {
+                ev = events.recv() => ev,
+                _ = cancel.cancelled() => break,
+            };
+            match ev {
+                Ok(ev) => tx.send_modify(|c| c.count(&ev)),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tx.send_modify(|c| c.events_missed += n)
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+    rx
+}
+
+/// Serve `GET /metrics` on `listener` until `cancel`.
+pub async fn serve(
+    listener: TcpListener,
+    manager: ManagerHandle,
+    counters: watch::Receiver<Counters>,
+    cancel: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = cancel.cancelled() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, most likely: don't spin.
+                tracing::warn!(error = %e, "metrics: cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("metrics: too many connections; closing a new one");
+            continue;
+        };
+        let (manager, counters, cancel) = (manager.clone(), counters.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req| {
+                let (manager, counters) = (manager.clone(), counters.clone());
+                async move { Ok::<_, Infallible>(answer(&req, &manager, &counters).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIME, cancel.run_until_cancelled(conn)).await;
+        });
+    }
+}
+
+async fn answer<B>(
+    req: &Request<B>,
+    manager: &ManagerHandle,
+    counters: &watch::Receiver<Counters>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let readable = matches!(*req.method(), Method::GET | Method::HEAD);
+    match (path, readable) {
+        ("/metrics", true) => match manager.status(Vec::new()).await {
+            Ok(statuses) => {
+                let text = render(&statuses, &counters.borrow(), &ProcessStats::read());
+                reply(StatusCode::OK, CONTENT_TYPE, text)
+            }
+            Err(e) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                format!("orchd cannot answer: {}\n", e.message),
+            ),
+        },
+        ("/", true) => reply(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            "orchd: the metrics are at /metrics\n".into(),
+        ),
+        ("/metrics" | "/", false) => {
+            let mut r = reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain; charset=utf-8",
+                "only GET and HEAD\n".into(),
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+            r
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: the metrics are at /metrics\n".into(),
+        ),
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+/// orchd's own process figures, from `/proc/self`.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct ProcessStats {
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+    pub start_time_seconds: f64,
+    pub open_fds: u64,
+}
+
+impl ProcessStats {
+    /// Read them now (missing figures are 0).
+    pub fn read() -> ProcessStats {
+        let mut p = ProcessStats::default();
+        let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .filter(|&t| t > 0)
+            .unwrap_or(100) as f64;
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .filter(|&p| p > 0)
+            .unwrap_or(4096) as u64;
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the command (which may hold spaces), from field 3 (state) on.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.split_whitespace().collect())
+                .unwrap_or_default();
+            let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+            if let (Some(utime), Some(stime)) = (field(14), field(15)) {
+                p.cpu_seconds = (utime + stime) as f64 / tick;
+            }
+            if let Some(rss) = field(24) {
+                p.resident_bytes = rss * page;
+            }
+            let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("btime "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            });
+            if let (Some(start), Some(boot)) = (field(22), boot) {
+                p.start_time_seconds = boot as f64 + start as f64 / tick;
+            }
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            p.open_fds = fds.count() as u64;
+        }
+        p
+    }
+}
+
+/// The text exposition of `statuses`, `counters` and orchd's `process` figures. Counters of
+/// services no longer configured are left out.
+pub fn render(statuses: &[ServiceStatus], counters: &Counters, process: &ProcessStats) -> String {
+    let mut out = Out(String::with_capacity(256 + statuses.len() * 1024));
+    out.family("orch_build_info", "gauge", "orchd's version; always 1.");
+    out.sample(
+        "orch_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+
+    out.family(
+        "orch_service_state",
+        "gauge",
+        "1 for the state the service is in, 0 for the others.",
+    );
+    for s in statuses {
+        for state in STATES {
+            let value = u8::from(s.state == state);
+            out.sample(
+                "orch_service_state",
+                &[("service", &s.name), ("state", state.as_str())],
+                value,
+            );
+        }
+    }
+    out.family(
+        "orch_service_up",
+        "gauge",
+        "1 while the service's process runs (state running).",
+    );
+    for s in statuses {
+        out.sample(
+            "orch_service_up",
+            &[("service", &s.name)],
+            u8::from(s.state == State::Running),
+        );
+    }
+    out.family(
+        "orch_service_ready",
+        "gauge",
+        "1 while the service is running and healthy (or has no health check).",
+    );
+    for s in statuses {
+        out.sample(
+            "orch_service_ready",
+            &[("service", &s.name)],
+            u8::from(s.ready),
+        );
+    }
+    out.family(
+        "orch_service_healthy",
+        "gauge",
+        "Health of a service with a health check: 1 healthy, 0 unhealthy (absent while unknown).",
+    );
+    for s in statuses {
+        match s.health {
+            Health::Healthy => out.sample("orch_service_healthy", &[("service", &s.name)], 1),
+            Health::Unhealthy => out.sample("orch_service_healthy", &[("service", &s.name)], 0),
+            Health::None | Health::Starting => {}
+        }
+    }
+    out.family(
+        "orch_service_restarts",
+        "gauge",
+        "Restarts since the operator last started, restarted or reset the service.",
+    );
+    for s in statuses {
+        out.sample("orch_service_restarts", &[("service", &s.name)], s.restarts);
+    }
+    out.family(
+        "orch_service_state_since_seconds",
+        "gauge",
+        "When the service entered its current state, in seconds since the epoch.",
+    );
+    for s in statuses {
+        if let Some(since) = unix_seconds(&s.since) {
+            out.sample(
+                "orch_service_state_since_seconds",
+                &[("service", &s.name)],
+                since,
+            );
+        }
+    }
+    out.family(
+        "orch_service_release_info",
+        "gauge",
+        "The release the service runs (serves); always 1.",
+    );
+    for s in statuses {
+        out.sample(
+            "orch_service_release_info",
+            &[("service", &s.name), ("release", &s.release)],
+            1,
+        );
+    }
+    out.family(
+        "orch_service_deploy_in_progress",
+        "gauge",
+        "1 while a deploy of the service is under way.",
+    );
+    for s in statuses {
+        out.sample(
+            "orch_service_deploy_in_progress",
+            &[("service", &s.name)],
+            u8::from(s.deploying.is_some()),
+        );
+    }
+    out.family(
+        "orch_service_probe_success",
+        "gauge",
+        "Whether the last health probe succeeded (absent before the first).",
+    );
+    for s in statuses {
+        if let Some(p) = &s.last_probe {
+            out.sample(
+                "orch_service_probe_success",
+                &[("service", &s.name)],
+                u8::from(p.ok),
+            );
+        }
+    }
+    out.family(
+        "orch_service_probe_duration_seconds",
+        "gauge",
+        "How long the last health probe took.",
+    );
+    for s in statuses {
+        if let Some(p) = &s.last_probe {
+            out.sample(
+                "orch_service_probe_duration_seconds",
+                &[("service", &s.name)],
+                p.duration_ms as f64 / 1000.0,
+            );
+        }
+    }
+
+    let zero = ServiceCounters::default();
+    let of = |s: &ServiceStatus| counters.services.get(&s.name).unwrap_or(&zero);
+    type Count = fn(&ServiceCounters) -> u64;
+    let totals: [(&str, &str, Count); 4] = [
+        (
+            "orch_service_starts_total",
+            "Processes of the service started since orchd started.",
+            |c| c.starts,
+        ),
+        (
+            "orch_service_spawn_failures_total",
+            "Starts that could not run the service's command at all.",
+            |c| c.spawn_failures,
+        ),
+        (
+            "orch_service_failed_total",
+            "Times the service was given up on (start limit, or a failure with policy no).",
+            |c| c.failed,
+        ),
+        (
+            "orch_service_unhealthy_total",
+            "Times the service's health checks turned it unhealthy.",
+            |c| c.unhealthy,
+        ),
+    ];
+    for (name, help, get) in totals {
+        out.family(name, "counter", help);
+        for s in statuses {
+            out.sample(name, &[("service", &s.name)], get(of(s)));
+        }
+    }
+    out.family(
+        "orch_service_exits_total",
+        "counter",
+        "Ends of the service's main process, by exit status or signal.",
+    );
+    for s in statuses {
+        for (how, n) in &of(s).exits {
+            out.sample(
+                "orch_service_exits_total",
+                &[("service", &s.name), ("status", how)],
+                n,
+            );
+        }
+    }
+    out.family(
+        "orch_service_deploys_total",
+        "counter",
+        "Deploys of the service, by result: succeeded, failed (nothing switched), rolled_back.",
+    );
+    for s in statuses {
+        let c = of(s);
+        for (result, n) in [
+            ("succeeded", c.deploys_succeeded),
+            ("failed", c.deploys_failed),
+            ("rolled_back", c.rollbacks),
+        ] {
+            out.sample(
+                "orch_service_deploys_total",
+                &[("service", &s.name), ("result", result)],
+                n,
+            );
+        }
+    }
+    out.family(
+        "orch_events_missed_total",
+        "counter",
+        "Events the metrics missed because they fell behind (their counters are low by as many).",
+    );
+    out.sample("orch_events_missed_total", &[], counters.events_missed);
+
+    out.family(
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+    );
+    out.sample("process_cpu_seconds_total", &[], process.cpu_seconds);
+    out.family(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+    );
+    out.sample("process_resident_memory_bytes", &[], process.resident_bytes);
+    out.family(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+    );
+    out.sample(
+        "process_start_time_seconds",
+        &[],
+        process.start_time_seconds,
+    );
+    out.family(
+        "process_open_fds",
+        "gauge",
+        "Number of open file descriptors.",
+    );
+    out.sample("process_open_fds", &[], process.open_fds);
+    out.0
+}
+
+/// An RFC 3339 time in seconds since the epoch.
+fn unix_seconds(rfc3339: &str) -> Option<f64> {
+    let t = humantime::parse_rfc3339_weak(rfc3339).ok()?;
+    Some(t.duration_since(UNIX_EPOCH).ok()?.as_secs_f64())
+}
+
+/// The exposition being written.
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                self.0.push_str(k);
+                self.0.push_str("=\"");
+                for c in v.chars() {
+                    match c {
+                        '\\' => self.0.push_str("\\\\"),
+                        '"' => self.0.push_str("\\\""),
+                        '\n' => self.0.push_str("\\n"),
+                        c => self.0.push(c),
+                    }
+                }
+                self.0.push('"');
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+}
