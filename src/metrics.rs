@@ -546,3 +546,96 @@ impl Out {
         let _ = writeln!(self.0, " {value}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(name: &str, state: State) -> ServiceStatus {
+        ServiceStatus {
+            name: name.into(),
+            state,
+            health: Health::None,
+            pid: None,
+            release: "v1".into(),
+            restarts: 0,
+            since: "2026-11-22T10:00:00.500Z".into(),
+            reason: None,
+            waiting_on: vec![],
+            want_up: true,
+            ready: state == State::Running,
+            port: None,
+            description: None,
+            last_probe: None,
+            last_failure: None,
+            probes: vec![],
+            deploying: None,
+            slots: vec![],
+        }
+    }
+
+    fn event(service: &str, kind: EventKind) -> Event {
+        Event {
+            service: service.into(),
+            time: String::new(),
+            kind,
+        }
+    }
+
+    #[test]
+    fn events_are_counted_by_kind_and_status() {
+        let mut c = Counters::default();
+        let exited = |code: Option<i32>, signal: Option<&str>| EventKind::Exited {
+            pid: 1,
+            code,
+            signal: signal.map(str::to_owned),
+        };
+        for kind in [
+            EventKind::Started {
+                pid: 1,
+                release: "v1".into(),
+            },
+            exited(Some(1), None),
+            exited(Some(1), None),
+            exited(None, Some("SIGKILL")),
+            EventKind::Failed { reason: "x".into() },
+            EventKind::Stopped,
+        ] {
+            c.count(&event("api", kind));
+        }
+        let api = &c.services["api"];
+        assert_eq!(api.starts, 1);
+        assert_eq!(api.failed, 1);
+        assert_eq!(
+            api.exits,
+            BTreeMap::from([("1".to_owned(), 2), ("SIGKILL".to_owned(), 1)])
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped_and_counters_of_removed_services_left_out() {
+        let mut s = status("api", State::Running);
+        s.release = "v\"2\\\nx".into();
+        let mut counters = Counters::default();
+        counters.count(&event(
+            "gone",
+            EventKind::Started {
+                pid: 1,
+                release: "v1".into(),
+            },
+        ));
+        let text = render(&[s], &counters, &ProcessStats::default());
+        assert!(
+            text.lines()
+                .any(|l| l == r#"orch_service_release_info{service="api",release="v\"2\\\nx"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("orch_service_state_since_seconds{service=\"api\"} 1795341600.5\n"));
+        assert!(!text.contains("gone"), "{text}");
+        // Every line is a comment or `name{labels} value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit_once(' ').map(|(_, v)| v).unwrap_or_default();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}
