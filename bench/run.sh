@@ -9,6 +9,7 @@
 #   orphans    SIGKILL orchd, start it again: first-generation processes still alive
 #   status     `orchctl status` with 100 services, whole process (and /bin/true for reference)
 #   socket     `status` requests/s with 16 concurrent socket clients, p50/p99
+#   metrics    GET /metrics with 100 services: exposition size, latency, orchd CPU per scrape
 #   health     1000 monitor-only units probing 1000 loopback HTTP endpoints every 1 s: orchd CPU,
 #              RSS, probe schedule drift (issue 4)
 #   deploy     10 deploys under wrk load through the http proxy: failed requests (issue 6)
@@ -774,10 +775,33 @@ bench_alerts() {
     (cd "$ROOT" && x cargo test --lib ten_minute 2>&1 | grep -E 'test result|ten_minute')
 }
 
-ALL=(restart crashloop start stop idle orphans status socket health deploy proxy rollback alerts)
+_metrics() {
+    local port=$1 hz c0 c1 n
+    hz=$(getconf CLK_TCK)
+    echo "exposition: $(curl -s "http://127.0.0.1:$port/metrics" | wc -c) bytes, $(curl -s "http://127.0.0.1:$port/metrics" | grep -vc '^#') samples"
+    for r in 1 2 3; do
+        c0=$(awk '{print $14+$15}' "/proc/$ORCHD_PID/stat")
+        x wrk -t1 -c1 -d5s --latency "http://127.0.0.1:$port/metrics" >"$2.$r"
+        c1=$(awk '{print $14+$15}' "/proc/$ORCHD_PID/stat")
+        n=$(awk '/requests in/ {print $1}' "$2.$r")
+        echo "run $r: scrapes $n p50 $(awk '$1=="50%" {print $2}' "$2.$r") p99 $(awk '$1=="99%" {print $2}' "$2.$r") orchd_cpu_us_per_scrape $(awk -v c="$((c1 - c0))" -v hz="$hz" -v n="$n" 'BEGIN {printf "%.0f", c*1e6/hz/n}')"
+    done
+}
+
+bench_metrics() {
+    local d port
+    newdir; d=$NEWDIR
+    setup "$d" 100 hold
+    port=$(free_ports 1)
+    printf '[metrics]\nlisten = "127.0.0.1:%s"\n' "$port" >>"$d/orchd.toml"
+    echo "# GET /metrics with 100 services, one keep-alive connection back to back (wrk -t1 -c1, 5 s)"
+    x "$B/driver" up "$ORCHD" "$d/orchd.toml" "$d/fifo" 100 -- "$0" _metrics "$port" "$d/wrk"
+}
+
+ALL=(restart crashloop start stop idle orphans status socket metrics health deploy proxy rollback alerts)
 
 case "${1:-}" in
-_idle | _status | _socket | _pss)
+_idle | _status | _socket | _metrics | _pss)
     f=$1
     shift
     "$f" "$@"

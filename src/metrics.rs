@@ -29,6 +29,10 @@ const MAX_CONNECTIONS: usize = 16;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection (kept alive across scrapes) is closed after this; the scraper reconnects.
 const CONNECTION_TIME: Duration = Duration::from_secs(120);
+/// How long a scrape waits for the manager's answer.
+const STATUS_WAIT: Duration = Duration::from_secs(5);
+/// How long a connection past [`CONNECTION_TIME`] may take to finish the answer it is sending.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// The media type of the text exposition format.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -83,12 +87,10 @@ impl Counters {
             EventKind::SpawnFailed { .. } => s.spawn_failures += 1,
             EventKind::Failed { .. } => s.failed += 1,
             EventKind::Unhealthy { .. } => s.unhealthy += 1,
-            EventKind::DeploySucceeded {
-                rollback: false, ..
-            } => s.deploys_succeeded += 1,
-            EventKind::DeploySucceeded { rollback: true, .. } | EventKind::RolledBack { .. } => {
-                s.rollbacks += 1
-            }
+            // A late `orchctl rollback` is a deploy of the previous release: it succeeds or
+            // fails like any other. `rolled_back` is a deploy undone in its watch window.
+            EventKind::DeploySucceeded { .. } => s.deploys_succeeded += 1,
+            EventKind::RolledBack { .. } => s.rollbacks += 1,
             EventKind::DeployFailed { .. } => s.deploys_failed += 1,
             EventKind::Backoff { .. }
             | EventKind::Stopped
@@ -159,7 +161,15 @@ pub async fn serve(
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEAD_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_TIME, cancel.run_until_cancelled(conn)).await;
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = tokio::time::sleep(CONNECTION_TIME) => {}
+                _ = cancel.cancelled() => {}
+            }
+            // Time is up: finish the answer being sent (if any), then close.
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
         });
     }
 }
@@ -172,17 +182,26 @@ async fn answer<B>(
     let path = req.uri().path();
     let readable = matches!(*req.method(), Method::GET | Method::HEAD);
     match (path, readable) {
-        ("/metrics", true) => match manager.status(Vec::new()).await {
-            Ok(statuses) => {
-                let text = render(&statuses, &counters.borrow(), &ProcessStats::read());
-                reply(StatusCode::OK, CONTENT_TYPE, text)
+        ("/metrics", true) => {
+            // The manager does not answer while it stops every service at shutdown.
+            match tokio::time::timeout(STATUS_WAIT, manager.status(Vec::new())).await {
+                Ok(Ok(statuses)) => {
+                    let process = ProcessStats::read();
+                    let text = render(&statuses, &counters.borrow(), &process);
+                    reply(StatusCode::OK, CONTENT_TYPE, text)
+                }
+                Ok(Err(e)) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain; charset=utf-8",
+                    format!("orchd cannot answer: {}\n", e.message),
+                ),
+                Err(_) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain; charset=utf-8",
+                    "orchd is busy (shutting down?): no status within 5 s\n".into(),
+                ),
             }
-            Err(e) => reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain; charset=utf-8",
-                format!("orchd cannot answer: {}\n", e.message),
-            ),
-        },
+        }
         ("/", true) => reply(
             StatusCode::OK,
             "text/plain; charset=utf-8",
@@ -252,10 +271,13 @@ impl ProcessStats {
             if let Some(rss) = field(24) {
                 p.resident_bytes = rss * page;
             }
-            let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("btime "))
-                    .and_then(|v| v.trim().parse::<u64>().ok())
+            static BOOT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+            let boot = *BOOT.get_or_init(|| {
+                std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("btime "))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                })
             });
             if let (Some(start), Some(boot)) = (field(22), boot) {
                 p.start_time_seconds = boot as f64 + start as f64 / tick;
@@ -278,7 +300,15 @@ pub fn render(statuses: &[ServiceStatus], counters: &Counters, process: &Process
         &[("version", env!("CARGO_PKG_VERSION"))],
         1,
     );
+    render_states(&mut out, statuses);
+    render_health(&mut out, statuses);
+    render_counters(&mut out, statuses, counters);
+    render_process(&mut out, process);
+    out.0
+}
 
+/// What `orchctl status` shows: state, readiness, restarts, release, deploy.
+fn render_states(out: &mut Out, statuses: &[ServiceStatus]) {
     out.family(
         "orch_service_state",
         "gauge",
@@ -286,70 +316,48 @@ pub fn render(statuses: &[ServiceStatus], counters: &Counters, process: &Process
     );
     for s in statuses {
         for state in STATES {
-            let value = u8::from(s.state == state);
-            out.sample(
-                "orch_service_state",
-                &[("service", &s.name), ("state", state.as_str())],
-                value,
-            );
+            let labels = [("service", s.name.as_str()), ("state", state.as_str())];
+            out.sample("orch_service_state", &labels, u8::from(s.state == state));
         }
     }
-    out.family(
-        "orch_service_up",
-        "gauge",
-        "1 while the service's process runs (state running).",
-    );
-    for s in statuses {
-        out.sample(
+    type Gauge = fn(&ServiceStatus) -> u32;
+    let gauges: [(&str, &str, Gauge); 4] = [
+        (
             "orch_service_up",
-            &[("service", &s.name)],
-            u8::from(s.state == State::Running),
-        );
-    }
-    out.family(
-        "orch_service_ready",
-        "gauge",
-        "1 while the service is running and healthy (or has no health check).",
-    );
-    for s in statuses {
-        out.sample(
+            "1 while the service is running (its state is running).",
+            |s| u32::from(s.state == State::Running),
+        ),
+        (
             "orch_service_ready",
-            &[("service", &s.name)],
-            u8::from(s.ready),
-        );
-    }
-    out.family(
-        "orch_service_healthy",
-        "gauge",
-        "Health of a service with a health check: 1 healthy, 0 unhealthy (absent while unknown).",
-    );
-    for s in statuses {
-        match s.health {
-            Health::Healthy => out.sample("orch_service_healthy", &[("service", &s.name)], 1),
-            Health::Unhealthy => out.sample("orch_service_healthy", &[("service", &s.name)], 0),
-            Health::None | Health::Starting => {}
+            "1 while the service is running and healthy (or has no health check).",
+            |s| u32::from(s.ready),
+        ),
+        (
+            "orch_service_restarts",
+            "Restarts since the operator last started, restarted or reset the service.",
+            |s| s.restarts,
+        ),
+        (
+            "orch_service_deploy_in_progress",
+            "1 while a deploy of the service is under way.",
+            |s| u32::from(s.deploying.is_some()),
+        ),
+    ];
+    for (name, help, get) in gauges {
+        out.family(name, "gauge", help);
+        for s in statuses {
+            out.sample(name, &[("service", &s.name)], get(s));
         }
     }
     out.family(
-        "orch_service_restarts",
+        "orch_service_state_change_timestamp_seconds",
         "gauge",
-        "Restarts since the operator last started, restarted or reset the service.",
-    );
-    for s in statuses {
-        out.sample("orch_service_restarts", &[("service", &s.name)], s.restarts);
-    }
-    out.family(
-        "orch_service_state_since_seconds",
-        "gauge",
-        "When the service entered its current state, in seconds since the epoch.",
+        "When the service entered its current state, in seconds since the Unix epoch.",
     );
     for s in statuses {
         if let Some(since) = unix_seconds(&s.since) {
-            out.sample(
-                "orch_service_state_since_seconds",
-                &[("service", &s.name)],
-                since,
-            );
+            let name = "orch_service_state_change_timestamp_seconds";
+            out.sample(name, &[("service", &s.name)], since);
         }
     }
     out.family(
@@ -358,23 +366,28 @@ pub fn render(statuses: &[ServiceStatus], counters: &Counters, process: &Process
         "The release the service runs (serves); always 1.",
     );
     for s in statuses {
-        out.sample(
-            "orch_service_release_info",
-            &[("service", &s.name), ("release", &s.release)],
-            1,
-        );
+        let labels = [
+            ("service", s.name.as_str()),
+            ("release", s.release.as_str()),
+        ];
+        out.sample("orch_service_release_info", &labels, 1);
     }
+}
+
+/// Health checks: the verdict and the last probe.
+fn render_health(out: &mut Out, statuses: &[ServiceStatus]) {
     out.family(
-        "orch_service_deploy_in_progress",
+        "orch_service_healthy",
         "gauge",
-        "1 while a deploy of the service is under way.",
+        "Health of a service with a health check: 1 healthy, 0 unhealthy (absent while unknown).",
     );
     for s in statuses {
-        out.sample(
-            "orch_service_deploy_in_progress",
-            &[("service", &s.name)],
-            u8::from(s.deploying.is_some()),
-        );
+        let healthy = match s.health {
+            Health::Healthy => 1,
+            Health::Unhealthy => 0,
+            Health::None | Health::Starting => continue,
+        };
+        out.sample("orch_service_healthy", &[("service", &s.name)], healthy);
     }
     out.family(
         "orch_service_probe_success",
@@ -383,11 +396,8 @@ pub fn render(statuses: &[ServiceStatus], counters: &Counters, process: &Process
     );
     for s in statuses {
         if let Some(p) = &s.last_probe {
-            out.sample(
-                "orch_service_probe_success",
-                &[("service", &s.name)],
-                u8::from(p.ok),
-            );
+            let name = "orch_service_probe_success";
+            out.sample(name, &[("service", &s.name)], u8::from(p.ok));
         }
     }
     out.family(
@@ -397,14 +407,14 @@ pub fn render(statuses: &[ServiceStatus], counters: &Counters, process: &Process
     );
     for s in statuses {
         if let Some(p) = &s.last_probe {
-            out.sample(
-                "orch_service_probe_duration_seconds",
-                &[("service", &s.name)],
-                p.duration_ms as f64 / 1000.0,
-            );
+            let name = "orch_service_probe_duration_seconds";
+            out.sample(name, &[("service", &s.name)], p.duration_ms as f64 / 1000.0);
         }
     }
+}
 
+/// The event counters, for the services configured now.
+fn render_counters(out: &mut Out, statuses: &[ServiceStatus], counters: &Counters) {
     let zero = ServiceCounters::default();
     let of = |s: &ServiceStatus| counters.services.get(&s.name).unwrap_or(&zero);
     type Count = fn(&ServiceCounters) -> u64;
@@ -421,7 +431,8 @@ pub fn render(statuses: &[ServiceStatus], counters: &Counters, process: &Process
         ),
         (
             "orch_service_failed_total",
-            "Times the service was given up on (start limit, or a failure with policy no).",
+            "Times the service was marked failed with a failed event (start limit, a failure \
+             with restart policy no, a failed dependency).",
             |c| c.failed,
         ),
         (
@@ -439,21 +450,19 @@ pub fn render(statuses: &[ServiceStatus], counters: &Counters, process: &Process
     out.family(
         "orch_service_exits_total",
         "counter",
-        "Ends of the service's main process, by exit status or signal.",
+        "Ends of the service's main process, by exit status or signal; planned stops included.",
     );
     for s in statuses {
         for (how, n) in &of(s).exits {
-            out.sample(
-                "orch_service_exits_total",
-                &[("service", &s.name), ("status", how)],
-                n,
-            );
+            let labels = [("service", s.name.as_str()), ("status", how.as_str())];
+            out.sample("orch_service_exits_total", &labels, n);
         }
     }
     out.family(
         "orch_service_deploys_total",
         "counter",
-        "Deploys of the service, by result: succeeded, failed (nothing switched), rolled_back.",
+        "Deploys of the service by result: succeeded, failed, rolled_back (undone in the watch \
+         window).",
     );
     for s in statuses {
         let c = of(s);
@@ -462,11 +471,8 @@ pub fn render(statuses: &[ServiceStatus], counters: &Counters, process: &Process
             ("failed", c.deploys_failed),
             ("rolled_back", c.rollbacks),
         ] {
-            out.sample(
-                "orch_service_deploys_total",
-                &[("service", &s.name), ("result", result)],
-                n,
-            );
+            let labels = [("service", s.name.as_str()), ("result", result)];
+            out.sample("orch_service_deploys_total", &labels, n);
         }
     }
     out.family(
@@ -475,36 +481,37 @@ pub fn render(statuses: &[ServiceStatus], counters: &Counters, process: &Process
         "Events the metrics missed because they fell behind (their counters are low by as many).",
     );
     out.sample("orch_events_missed_total", &[], counters.events_missed);
+}
 
+/// orchd's own process, named as every Prometheus client library names it.
+fn render_process(out: &mut Out, p: &ProcessStats) {
     out.family(
         "process_cpu_seconds_total",
         "counter",
         "Total user and system CPU time spent in seconds.",
     );
-    out.sample("process_cpu_seconds_total", &[], process.cpu_seconds);
-    out.family(
-        "process_resident_memory_bytes",
-        "gauge",
-        "Resident memory size in bytes.",
-    );
-    out.sample("process_resident_memory_bytes", &[], process.resident_bytes);
-    out.family(
-        "process_start_time_seconds",
-        "gauge",
-        "Start time of the process since unix epoch in seconds.",
-    );
-    out.sample(
-        "process_start_time_seconds",
-        &[],
-        process.start_time_seconds,
-    );
-    out.family(
-        "process_open_fds",
-        "gauge",
-        "Number of open file descriptors.",
-    );
-    out.sample("process_open_fds", &[], process.open_fds);
-    out.0
+    out.sample("process_cpu_seconds_total", &[], p.cpu_seconds);
+    let gauges = [
+        (
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            p.resident_bytes as f64,
+        ),
+        (
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            p.start_time_seconds,
+        ),
+        (
+            "process_open_fds",
+            "Number of open file descriptors.",
+            p.open_fds as f64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        out.family(name, "gauge", help);
+        out.sample(name, &[], value);
+    }
 }
 
 /// An RFC 3339 time in seconds since the epoch.
@@ -630,12 +637,69 @@ mod tests {
                 .any(|l| l == r#"orch_service_release_info{service="api",release="v\"2\\\nx"} 1"#),
             "{text}"
         );
-        assert!(text.contains("orch_service_state_since_seconds{service=\"api\"} 1795341600.5\n"));
+        assert!(text.contains(
+            "orch_service_state_change_timestamp_seconds{service=\"api\"} 1795341600.5\n"
+        ));
         assert!(!text.contains("gone"), "{text}");
-        // Every line is a comment or `name{labels} value`.
+        // Every line is a comment or `name{labels} value`, and no series comes twice.
+        let mut series = std::collections::BTreeSet::new();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let value = line.rsplit_once(' ').map(|(_, v)| v).unwrap_or_default();
+            let (name, value) = line.rsplit_once(' ').unwrap_or_default();
             assert!(value.parse::<f64>().is_ok(), "{line}");
+            assert!(series.insert(name), "{name} twice");
+        }
+    }
+
+    #[test]
+    fn deploys_are_counted_once_by_result() {
+        let mut c = Counters::default();
+        let ended = |rollback: bool| EventKind::DeploySucceeded {
+            deploy_id: "d".into(),
+            release: "v2".into(),
+            previous: "v1".into(),
+            duration_ms: 1,
+            who: "ci".into(),
+            rollback,
+        };
+        for kind in [
+            ended(false),
+            // `orchctl rollback` after the deploy ended: a deploy of v1 that succeeded.
+            ended(true),
+            EventKind::DeployFailed {
+                deploy_id: "d".into(),
+                release: "v3".into(),
+                previous: "v1".into(),
+                reason: "x".into(),
+                duration_ms: 1,
+                who: "ci".into(),
+            },
+            EventKind::RolledBack {
+                deploy_id: "d".into(),
+                release: "v4".into(),
+                to: "v1".into(),
+                reason: "x".into(),
+                duration_ms: 1,
+                who: "orchd".into(),
+            },
+        ] {
+            c.count(&event("api", kind));
+        }
+        let api = &c.services["api"];
+        assert_eq!(
+            (api.deploys_succeeded, api.deploys_failed, api.rollbacks),
+            (2, 1, 1)
+        );
+        let text = render(
+            &[status("api", State::Running)],
+            &c,
+            &ProcessStats::default(),
+        );
+        for line in [
+            "orch_service_deploys_total{service=\"api\",result=\"succeeded\"} 2",
+            "orch_service_deploys_total{service=\"api\",result=\"failed\"} 1",
+            "orch_service_deploys_total{service=\"api\",result=\"rolled_back\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
         }
     }
 }
