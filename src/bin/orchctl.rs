@@ -28,6 +28,18 @@ struct Cli {
     /// Print JSON (one object per line for streams) instead of human output.
     #[arg(long, global = true)]
     json: bool,
+    /// Give up (exit 3) when orchd has not answered within this, e.g. "10s": a stuck orchd
+    /// must not hang a script. Not for `logs -f`, `events -f`, `deploy` and `rollback`, which
+    /// wait as long as their operation takes.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        env = "ORCHCTL_REPLY_TIMEOUT",
+        default_value = "60s",
+        value_parser = humantime::parse_duration
+    )]
+    reply_timeout: std::time::Duration,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -209,7 +221,31 @@ async fn run(cli: Cli) -> u8 {
         cli.json,
         std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     );
-    match talk(&cli.socket, command, &out).await {
+    // Operations that last as long as they take, or stream until stopped, are not timed.
+    let wait = match &command {
+        Command::Logs { follow: true, .. }
+        | Command::Events { follow: true, .. }
+        | Command::Deploy { .. }
+        | Command::Rollback { .. } => None,
+        _ => Some(cli.reply_timeout),
+    };
+    let talking = talk(&cli.socket, command, &out);
+    let answered = match wait {
+        Some(wait) => match tokio::time::timeout(wait, talking).await {
+            Ok(answered) => answered,
+            Err(_) => {
+                eprintln!(
+                    "orchctl: orchd at {} did not answer within {}: it may be stuck (see its \
+                     log: journalctl -u orchd); --reply-timeout sets the wait",
+                    cli.socket.display(),
+                    humantime::format_duration(wait)
+                );
+                return 3;
+            }
+        },
+        None => talking.await,
+    };
+    match answered {
         Ok(code) => code,
         Err(e @ ClientError::Protocol(_)) => {
             eprintln!("orchctl: {e}");

@@ -349,8 +349,13 @@ impl Machine {
             error: error.clone(),
         })];
         if self.restart.policy == RestartPolicy::No || !self.want_up {
+            let reason = format!("could not start: {error}");
             self.set_state(State::Failed);
-            self.reason = Some(format!("could not start: {error}"));
+            self.reason = Some(reason.clone());
+            if self.want_up {
+                // Given up on, as after an exit with policy "no": the on-call hears of it.
+                actions.push(Action::Emit(EventKind::Failed { reason }));
+            }
             return actions;
         }
         actions.extend(self.schedule_restart(ctx, format!("could not start: {error}")));

@@ -604,3 +604,30 @@ fn stopping_a_monitor_only_unit_is_immediate() {
     assert_eq!(o.status("edge")["health"], "none");
     assert!(o.ctl(&["start", "edge"]).status.success());
 }
+
+/// A stuck orchd (here: stopped with SIGSTOP) does not hang orchctl: it gives up after
+/// `--reply-timeout` with exit 3 and says why; once orchd runs again it answers.
+#[test]
+fn a_stuck_orchd_does_not_hang_orchctl() {
+    let s = Setup::new();
+    sleeper(&s, "web");
+    let orchd = s.start();
+    orchd.wait_new_pid("web", None, T);
+    orchd.signal(nix::sys::signal::Signal::SIGSTOP);
+    let started = std::time::Instant::now();
+    let out = orchd.ctl(&["--reply-timeout", "500ms", "status"]);
+    let took = started.elapsed();
+    orchd.signal(nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "orchctl: orchd at {} did not answer within 500ms: it may be stuck (see its log: \
+             journalctl -u orchd); --reply-timeout sets the wait\n",
+            s.socket().display()
+        )
+    );
+    assert!(took < Duration::from_secs(5), "gave up after {took:?}");
+    let out = orchd.ctl(&["status", "web"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

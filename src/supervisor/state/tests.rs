@@ -439,6 +439,40 @@ fn spawn_failure_backs_off() {
     assert_eq!(m.reason(), Some("could not start: no such file"));
 }
 
+/// With `policy = "no"`, a start that cannot run is given up on at once, with a `failed`
+/// event (alerts hear of it, as of an exit); a stop that raced the spawn is no failure to tell.
+#[test]
+fn spawn_failure_without_restarts_fails_with_an_event() {
+    let c = Clock(Instant::now());
+    let failed = || Input::SpawnFailed {
+        error: "no such file".into(),
+    };
+    let mut m = machine(RestartPolicy::No, 0);
+    m.step(Input::Start, c.at(0));
+    assert_eq!(
+        m.step(failed(), c.at(1)),
+        vec![
+            Action::Emit(EventKind::SpawnFailed {
+                error: "no such file".into()
+            }),
+            Action::Emit(EventKind::Failed {
+                reason: "could not start: no such file".into()
+            })
+        ]
+    );
+    assert_eq!(m.state(), State::Failed);
+
+    let mut m = machine(RestartPolicy::OnFailure, 0);
+    m.step(Input::Start, c.at(0));
+    m.step(Input::Stop, c.at(1));
+    assert_eq!(
+        m.step(failed(), c.at(2)),
+        vec![Action::Emit(EventKind::SpawnFailed {
+            error: "no such file".into()
+        })]
+    );
+}
+
 #[test]
 fn failed_for_a_dependency_does_not_flap_while_it_is_still_unready() {
     let c = Clock(Instant::now());
