@@ -19,13 +19,6 @@ impl Supervisor {
         let Some(cfg) = self.unit.health.clone() else {
             return;
         };
-        let target = match self.probe_target(slot, &cfg.check, port) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(service = %self.unit.name, error = %e, "cannot set up the health check");
-                return;
-            }
-        };
         self.next_tag += 1;
         let tag = self.next_tag;
         let cancel = CancellationToken::new();
@@ -33,14 +26,38 @@ impl Supervisor {
             interval: cfg.interval,
             timeout: cfg.timeout,
         };
-        Prober::spawn(
-            target,
-            schedule,
-            self.shared.probes.clone(),
-            tag,
-            self.probe_tx.clone(),
-            cancel.clone(),
-        );
+        let (probes, results) = (self.shared.probes.clone(), self.probe_tx.clone());
+        match &cfg.check {
+            // Reading the env_file or looking up the user (NSS: perhaps LDAP) may block: the
+            // prober's spec is built on a blocking thread, and probing starts when it is ready.
+            HealthCheck::Exec { argv }
+                if self.unit.user.is_some() || self.unit.env_file.is_some() =>
+            {
+                let (unit, argv) = (self.unit.clone(), argv.clone());
+                let params = self.exec_probe_params(slot, port);
+                let cancel = cancel.clone();
+                tokio::spawn(async move {
+                    match spec::build_blocking(&unit, Some(&argv), params).await {
+                        Ok(mut spec) if !cancel.is_cancelled() => {
+                            spec.capture_output = false;
+                            let target = ProbeTarget::Exec { spec };
+                            Prober::spawn(target, schedule, probes, tag, results, cancel);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::error!(service = %unit.name, error = %e, "cannot set up the health check")
+                        }
+                    }
+                });
+            }
+            check => match self.probe_target(slot, check, port) {
+                Ok(target) => Prober::spawn(target, schedule, probes, tag, results, cancel.clone()),
+                Err(e) => {
+                    tracing::error!(service = %self.unit.name, error = %e, "cannot set up the health check");
+                    return;
+                }
+            },
+        }
         let s = &mut self.slots[slot];
         s.probe_tag = tag;
         s.prober = Some(cancel);
@@ -94,22 +111,27 @@ impl Supervisor {
             ),
             HealthCheck::Tcp { addr } => ProbeTarget::Tcp { addr: sub(addr) },
             HealthCheck::Exec { argv } => {
-                let marker = match &self.slots[slot].instance {
-                    Some(i) => format!("{}/probe", i.marker),
-                    None => format!("{}/{}/monitor/probe", self.shared.daemon_id, self.unit.name),
-                };
-                let params = InstanceParams {
-                    port,
-                    release: release.clone(),
-                    marker,
-                    cgroup: None,
-                    env: self.shared.env.vars(),
-                };
+                let params = self.exec_probe_params(slot, port);
                 let mut spec = spec::build_argv(&self.unit, argv, &params)?;
                 spec.capture_output = false;
                 ProbeTarget::Exec { spec }
             }
         })
+    }
+
+    /// An exec probe runs as the slot's instance does, with a marker of its own under it.
+    fn exec_probe_params(&self, slot: usize, port: Option<u16>) -> InstanceParams {
+        let marker = match &self.slots[slot].instance {
+            Some(i) => format!("{}/probe", i.marker),
+            None => format!("{}/{}/monitor/probe", self.shared.daemon_id, self.unit.name),
+        };
+        InstanceParams {
+            port,
+            release: self.slots[slot].release.clone(),
+            marker,
+            cgroup: None,
+            env: self.shared.env.vars(),
+        }
     }
 
     /// A probe result arrived.

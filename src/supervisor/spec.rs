@@ -82,6 +82,10 @@ pub enum SpecError {
     },
     #[error("{path}:{line}: expected KEY=VALUE in env_file")]
     EnvLine { path: PathBuf, line: usize },
+    #[error("unknown user `{0}`: create it or fix `user` in the unit")]
+    UnknownUser(String),
+    #[error("looking up `{name}`: {source}")]
+    UserLookup { name: String, source: nix::Error },
     #[error("building the process's environment failed: {0}")]
     Panicked(String),
     #[error("unit has no exec (monitor-only)")]
@@ -135,11 +139,15 @@ pub fn build_argv(
         .as_ref()
         .map(|w| base.join(substitute(w, p.port, &p.release)));
     let mut env: Vec<(String, String)> = p.env.to_vec();
-    if let Some(user) = unit
-        .user
-        .as_ref()
-        .and_then(|u| nix::unistd::User::from_name(u).ok().flatten())
-    {
+    if let Some(name) = &unit.user {
+        // The spawn looks the user up again for its ids; a failed lookup here must not start
+        // the process with orchd's HOME and USER.
+        let user = nix::unistd::User::from_name(name)
+            .map_err(|source| SpecError::UserLookup {
+                name: name.clone(),
+                source,
+            })?
+            .ok_or_else(|| SpecError::UnknownUser(name.clone()))?;
         set(&mut env, "HOME", user.dir.display().to_string());
         set(&mut env, "USER", user.name.clone());
         set(&mut env, "LOGNAME", user.name.clone());

@@ -126,7 +126,7 @@ fn user_and_group_are_applied() {
     s.unit(
         "unpriv",
         &format!(
-            "user = \"orchtest\"\ngroup = \"orchtestg\"\nexec = [\"/bin/sh\", \"-c\", \"(id -u; id -g; id -G) > {}.tmp && mv {0}.tmp {0}; exec sleep 1000\"]\n",
+            "user = \"orchtest\"\ngroup = \"orchtestg\"\nexec = [\"/bin/sh\", \"-c\", \"(id -u; id -g; id -G; echo $USER $HOME) > {}.tmp && mv {0}.tmp {0}; exec sleep 1000\"]\n",
             ids.display()
         ),
     );
@@ -158,7 +158,12 @@ fn user_and_group_are_applied() {
     };
     assert_eq!(field("Uid:"), vec![uid.to_string(); 4]);
     assert_eq!(field("Gid:"), vec![gid.to_string(); 4]);
-    assert_eq!(env_of(pid, "USER").as_deref(), Some("orchtest"));
+    // From the process itself: /proc/PID/environ can read empty while the shell execs sleep.
+    let home = nix::unistd::User::from_name("orchtest")
+        .unwrap()
+        .unwrap()
+        .dir;
+    assert_eq!(got[3], format!("orchtest {}", home.display()), "{got:?}");
 }
 
 #[test]

@@ -268,9 +268,17 @@ fn exec_probe_sees_the_service_environment() {
         "api",
         "exec = [\"sleep\", \"1000\"]\nrelease = \"v7\"\nenv = { CHECK = \"yes\" }\n[health]\nexec = [\"/bin/sh\", \"-c\", \"test \\\"$ORCH_RELEASE/$CHECK\\\" = v7/yes\"]\ninterval = \"100ms\"\n",
     );
+    // With an env_file, the probe's environment is built off the runtime's threads.
+    std::fs::write(s.path().join("units").join("web.env"), "FROM_FILE=file\n").unwrap();
+    s.unit(
+        "web",
+        "exec = [\"sleep\", \"1000\"]\nenv_file = \"web.env\"\n[health]\nexec = [\"/bin/sh\", \"-c\", \"test \\\"$FROM_FILE\\\" = file\"]\ninterval = \"100ms\"\n",
+    );
     let o = s.start();
     wait_health(&o, "api", "healthy");
     assert_eq!(o.status("api")["last_probe"]["detail"], "exit status 0");
+    wait_health(&o, "web", "healthy");
+    assert_eq!(o.status("web")["last_probe"]["detail"], "exit status 0");
 }
 
 #[test]
