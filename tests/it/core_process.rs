@@ -230,13 +230,16 @@ fn a_flood_without_newlines_blocks_nothing() {
 fn a_stderr_nobody_reads_stalls_nothing() {
     let s = Setup::new();
     // Three of them: more than orchd's two runtime threads, which a blocking log write of
-    // each would hold.
+    // each would hold. In bursts of 100 lines, which orchd's per-service log keeps up with, so
+    // that all 9 000 lines reach orchd's own log: far more than its queue (1024) and the pipe
+    // (~800) hold, so lines must be dropped there (a flood at full speed would mostly be
+    // dropped before, by the per-service log, and might never fill the queue).
     let markers: Vec<_> = (0..3).map(|i| s.file(&format!("flood-done-{i}"))).collect();
     for (i, marker) in markers.iter().enumerate() {
         s.unit(
             &format!("chatty{i}"),
             &format!(
-                r#"exec = ["/bin/sh", "-c", "yes 'a line of output' | head -n 300000; echo done > {}; exec sleep 1000"]"#,
+                r#"exec = ["/bin/sh", "-c", "for i in $(seq 30); do yes 'a line of output' | head -n 100; sleep 0.01; done; echo done > {}; exec sleep 1000"]"#,
                 marker.display()
             ),
         );
