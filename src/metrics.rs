@@ -20,6 +20,7 @@ use tokio::sync::{Semaphore, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{Event, EventBus, EventKind};
+use crate::health::ProbeResult;
 use crate::manager::ManagerHandle;
 use crate::supervisor::{Health, ServiceStatus, State};
 
@@ -389,26 +390,25 @@ fn render_health(out: &mut Out, statuses: &[ServiceStatus]) {
         };
         out.sample("orch_service_healthy", &[("service", &s.name)], healthy);
     }
-    out.family(
-        "orch_service_probe_success",
-        "gauge",
-        "Whether the last health probe succeeded (absent before the first).",
-    );
-    for s in statuses {
-        if let Some(p) = &s.last_probe {
-            let name = "orch_service_probe_success";
-            out.sample(name, &[("service", &s.name)], u8::from(p.ok));
-        }
-    }
-    out.family(
-        "orch_service_probe_duration_seconds",
-        "gauge",
-        "How long the last health probe took.",
-    );
-    for s in statuses {
-        if let Some(p) = &s.last_probe {
-            let name = "orch_service_probe_duration_seconds";
-            out.sample(name, &[("service", &s.name)], p.duration_ms as f64 / 1000.0);
+    type OfProbe = fn(&ProbeResult) -> f64;
+    let last_probe: [(&str, &str, OfProbe); 2] = [
+        (
+            "orch_service_probe_success",
+            "Whether the last health probe succeeded (absent before the first).",
+            |p| f64::from(u8::from(p.ok)),
+        ),
+        (
+            "orch_service_probe_duration_seconds",
+            "How long the last health probe took.",
+            |p| p.duration_ms as f64 / 1000.0,
+        ),
+    ];
+    for (name, help, get) in last_probe {
+        out.family(name, "gauge", help);
+        for s in statuses {
+            if let Some(p) = &s.last_probe {
+                out.sample(name, &[("service", &s.name)], get(p));
+            }
         }
     }
 }

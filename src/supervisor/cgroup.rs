@@ -132,8 +132,14 @@ pub fn is_empty(dir: &Path) -> bool {
 }
 
 fn wait_empty(dir: &Path) {
+    wait_a_second_for(|| is_empty(dir));
+}
+
+/// Wait until `done` (checked every 5 ms), at most about a second: killed processes take a
+/// moment to exit, and a process stuck in the kernel must not hold orchd up for long.
+fn wait_a_second_for(mut done: impl FnMut() -> bool) {
     for _ in 0..200 {
-        if is_empty(dir) {
+        if done() {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
@@ -178,12 +184,7 @@ pub fn kill_marked(marker: &str) -> usize {
         let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
     // A SIGKILLed process is dead only once the kernel has run its exit.
-    for _ in 0..200 {
-        if pids.iter().all(|&pid| !running(pid)) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    wait_a_second_for(|| pids.iter().all(|&pid| !running(pid)));
     pids.len()
 }
 
