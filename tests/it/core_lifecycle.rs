@@ -3,7 +3,6 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -152,12 +151,7 @@ fn a_broken_unit_is_bad_setting_and_the_rest_run() {
         text(&out.stderr)
     );
 
-    let out = Command::new(ORCHD)
-        .arg("--check")
-        .arg("--config")
-        .arg(s.config_path())
-        .output()
-        .unwrap();
+    let out = orchd_check(&s.config_path());
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
     let stdout = text(&out.stdout);
     let expected = format!(
@@ -172,12 +166,7 @@ fn a_broken_unit_is_bad_setting_and_the_rest_run() {
 #[test]
 fn orchd_check_accepts_the_demo_units() {
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("units/orchd.toml");
-    let out = Command::new(ORCHD)
-        .arg("--check")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = orchd_check(&config);
     assert!(
         out.status.success(),
         "{}\n{}",
@@ -232,12 +221,7 @@ fn orchd_check_prints_every_error_with_its_place() {
         .unit("unknownkey", "exec = [\"sleep\", \"1000\"]\nrestrat = 1\n")
         .unit("fine", "exec = [\"sleep\", \"1000\"]\n");
     s.write_config();
-    let out = Command::new(ORCHD)
-        .arg("--check")
-        .arg("--config")
-        .arg(s.config_path())
-        .output()
-        .unwrap();
+    let out = orchd_check(&s.config_path());
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
     let units = s.path().join("units");
     let at = |unit: &str| units.join(format!("{unit}.toml")).display().to_string();

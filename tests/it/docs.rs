@@ -14,9 +14,8 @@
 //! A plain ```` ```toml ```` block is an error: say which it is.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use crate::util::ORCHD;
+use crate::util::orchd_check;
 
 /// One fenced TOML block.
 #[derive(Debug)]
@@ -149,12 +148,7 @@ fn check(block: &Block) -> Result<Vec<String>, String> {
         }
         other => return Err(format!("unknown block kind `{other}`")),
     }
-    let out = Command::new(ORCHD)
-        .arg("--check")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .expect("run orchd --check");
+    let out = orchd_check(&config);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let errors: Vec<String> = stdout
         .lines()

@@ -291,6 +291,16 @@ impl Drop for Orchd {
     }
 }
 
+/// `orchd --check --config CONFIG`, run to the end.
+pub fn orchd_check(config: &Path) -> Output {
+    Command::new(ORCHD)
+        .arg("--check")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run orchd --check")
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
