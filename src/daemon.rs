@@ -44,6 +44,8 @@ pub enum DaemonError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    UnsafeDir(#[from] crate::state::DirError),
     #[error("cannot start the spawner/reaper threads: {0}")]
     Threads(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
@@ -69,15 +71,23 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         tracing::warn!(error = %std::io::Error::last_os_error(), "cannot become a child subreaper; orphans of services will go to init");
     }
     let state_dir = config.daemon.state_dir.clone();
-    std::fs::create_dir_all(&state_dir).map_err(|source| DaemonError::StateDir {
+    crate::state::create_private_dir(&state_dir).map_err(|source| DaemonError::StateDir {
         path: state_dir.clone(),
         source,
     })?;
+    crate::state::check_private_dir(&state_dir, "state_dir")?;
+    crate::state::tighten_modes(&state_dir);
     let socket_path = config.daemon.api.socket.clone();
     // Handlers first: a SIGTERM while services start must stop them gracefully, not kill orchd.
     let mut signals =
         signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(DaemonError::Signals)?;
     let listener = socket::bind(&socket_path).await?;
+    if let Some(dir) = socket_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Err(e) = crate::state::check_private_dir(dir, "the socket's directory") {
+            let _ = std::fs::remove_file(&socket_path);
+            return Err(e.into());
+        }
+    }
 
     let id = daemon_id(&state_dir);
     let cgroups = CgroupRoot::detect(&id);

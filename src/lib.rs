@@ -26,6 +26,7 @@
 //! - [`event`]: facts on one broadcast bus, and the recent-events log.
 //! - [`state`]: persisted per-service state, written atomically.
 //! - [`daemon`]: start-up, signals, readiness, watchdog, shutdown.
+//! - [`deadline`]: saturating deadline arithmetic.
 //! - [`memory`]: giving back the binary pages and heap only start-up used.
 //! - [`metrics`]: the Prometheus endpoint (`[metrics] listen`).
 //! - [`ctl`]: `orchctl`'s human and JSON output.
@@ -36,6 +37,7 @@ pub mod api;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
+pub mod deadline;
 pub mod deploy;
 pub mod event;
 pub mod health;

@@ -72,10 +72,13 @@ fn build(ch: &EmailChannel, alert: &Alert) -> Result<Message, DeliveryError> {
         .map_err(|e| bad("cannot build the message", &e))
 }
 
+/// Largest `password_file` or `secret_file` read.
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
 /// The SMTP password, read now so that a fixed file applies to the next retry.
 fn read_password(source: &SecretSource) -> Result<String, DeliveryError> {
     match source {
-        SecretSource::File(path) => std::fs::read_to_string(path)
+        SecretSource::File(path) => crate::state::read_bounded_string(path, MAX_SECRET_FILE)
             .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
             .map_err(|e| {
                 DeliveryError::retry(format!("cannot read password_file {}: {e}", path.display()))

@@ -109,7 +109,7 @@ impl Outbox {
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
-            let parsed = fs::read(&path)
+            let parsed = crate::state::read_bounded(&path, crate::state::MAX_STATE_FILE)
                 .map_err(|e| e.to_string())
                 .and_then(|b| serde_json::from_slice::<Pending>(&b).map_err(|e| e.to_string()));
             match parsed {

@@ -5,6 +5,7 @@
 //! No I/O and no clock of its own: the Alerter task feeds it events with `now` and calls
 //! [`Policy::tick`] at [`Policy::next_deadline`]. Tested with paused tokio time.
 
+use crate::deadline::Later;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -113,7 +114,7 @@ impl Policy {
             EventKind::Started { .. } => {
                 t.unhealthy_this_run = false;
                 if t.incident_since.is_some() && !unit.has_health {
-                    t.recovery_due = Some(now + unit.stable);
+                    t.recovery_due = Some(now.later(unit.stable));
                 }
                 vec![]
             }

@@ -4,6 +4,7 @@
 //! `state_dir/silences.json` (atomic writes) so a restart of orchd keeps them.
 //! Owned by the Alerter task.
 
+use crate::deadline::Later;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -64,7 +65,7 @@ impl Silences {
     /// Load `state_dir/silences.json`; missing or unreadable → none (with a warning).
     pub fn load(state_dir: &Path) -> Silences {
         let path = state_dir.join(SILENCES_FILE);
-        let list = match std::fs::read(&path) {
+        let list = match crate::state::read_bounded(&path, crate::state::MAX_STATE_FILE) {
             Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
                 tracing::warn!(file = %path.display(), error = %e, "silences file is corrupt; starting without silences");
                 Vec::new()
@@ -95,7 +96,7 @@ impl Silences {
             id: format!("s{:06x}", rand::random::<u32>() & 0xff_ffff),
             target: target.to_owned(),
             created: rfc3339(now),
-            until: rfc3339(now + duration),
+            until: rfc3339(now.later(duration)),
             reason,
             held: Vec::new(),
         };

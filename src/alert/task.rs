@@ -7,6 +7,7 @@
 //!
 //! [`AlertHandle`]: super::AlertHandle
 
+use crate::deadline::Later;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -89,7 +90,7 @@ pub fn spawn(
 }
 
 fn until(t: SystemTime) -> Instant {
-    Instant::now() + t.duration_since(SystemTime::now()).unwrap_or_default()
+    Instant::now().later(t.duration_since(SystemTime::now()).unwrap_or_default())
 }
 
 impl Alerter {

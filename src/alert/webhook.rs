@@ -43,7 +43,7 @@ pub async fn send(
         .post(ch.url.expose())
         .header(reqwest::header::CONTENT_TYPE, "application/json");
     if let Some(path) = &ch.secret_file {
-        let key = std::fs::read(path).map_err(|e| {
+        let key = crate::state::read_bounded(path, super::email::MAX_SECRET_FILE).map_err(|e| {
             DeliveryError::retry(format!("cannot read secret_file {}: {e}", path.display()))
         })?;
         let key = trim_newline(&key);

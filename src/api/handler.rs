@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::auth::{Caller, Rights};
 use super::proto::{ApiError, Command, ErrorCode};
 use crate::alert::AlertHandle;
+use crate::config::{bounds, check_release};
 use crate::event::{EventBus, EventLog};
 use crate::manager::{ManagerHandle, Op, is_down, is_settled};
 use crate::supervisor::{Command as SupCommand, DeployMsg, DeployRequest};
@@ -82,12 +83,14 @@ pub async fn execute(
             timeout,
             detach,
         } => {
-            let timeout = match timeout {
-                Some(t) => Some(humantime::parse_duration(&t).map_err(|e| {
-                    ApiError::new(ErrorCode::BadRequest, format!("bad --timeout \"{t}\": {e}"))
-                })?),
-                None => None,
-            };
+            release_arg(&release)?;
+            let timeout =
+                match timeout {
+                    Some(t) => Some(bounds::parse_duration(&t, bounds::DEPLOY_PHASE).map_err(
+                        |e| ApiError::new(ErrorCode::BadRequest, format!("bad --timeout: {e}")),
+                    )?),
+                    None => None,
+                };
             let req = DeployRequest {
                 release,
                 timeout,
@@ -96,12 +99,22 @@ pub async fn execute(
             };
             deploy(ctx, service, req, detach, partial).await
         }
-        Command::Rollback { service, to } => rollback(ctx, caller, service, to, partial).await,
+        Command::Rollback { service, to } => {
+            if let Some(to) = &to {
+                release_arg(to)?;
+            }
+            rollback(ctx, caller, service, to, partial).await
+        }
         Command::History { service } => {
             let (entries, previous) = ctx.manager.history(service).await?;
             Ok(json!({ "history": entries, "rollback_to": previous }))
         }
     }
+}
+
+/// A release named by a request: the same rule as the unit's `release` key (a usage error).
+fn release_arg(release: &str) -> Result<(), ApiError> {
+    check_release(release).map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))
 }
 
 /// Start a deploy on the service's supervisor and relay its steps; the final object carries
@@ -209,10 +222,10 @@ async fn silence(
     duration: &str,
     reason: Option<String>,
 ) -> Result<Value, ApiError> {
-    let d = humantime::parse_duration(duration).map_err(|e| {
+    let d = bounds::parse_duration(duration, bounds::SILENCE).map_err(|e| {
         ApiError::new(
             ErrorCode::BadRequest,
-            format!("bad duration {duration:?} for --for: {e} (e.g. \"30m\", \"2h\")"),
+            format!("bad --for: {e} (e.g. \"30m\", \"2h\")"),
         )
     })?;
     if d.is_zero() {

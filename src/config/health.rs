@@ -13,14 +13,32 @@ pub(crate) fn health(v: &mut UnitValidator<'_>, raw: S<RawHealth>) -> HealthConf
     let span = raw.span();
     let raw = raw.into_inner();
     let check = check(v, &raw, span);
-    let interval = positive(v, &raw.interval, d.interval, "health.interval");
-    let timeout = positive(v, &raw.timeout, d.timeout, "health.timeout");
+    let interval = positive(
+        v,
+        &raw.interval,
+        d.interval,
+        "health.interval",
+        super::bounds::HEALTH_PERIOD,
+    );
+    let timeout = positive(
+        v,
+        &raw.timeout,
+        d.timeout,
+        "health.timeout",
+        super::bounds::HEALTH_TIMEOUT,
+    );
     HealthConfig {
         check,
         interval,
         timeout,
         retries: at_least_one(v, &raw.retries, d.retries, "health.retries"),
-        start_period: duration(&mut v.r, &raw.start_period, d.start_period),
+        start_period: duration(
+            &mut v.r,
+            &raw.start_period,
+            d.start_period,
+            "health.start_period",
+            super::bounds::HEALTH_PERIOD,
+        ),
         success_threshold: at_least_one(
             v,
             &raw.success_threshold,
@@ -99,8 +117,9 @@ fn positive(
     raw: &Option<S<String>>,
     default: std::time::Duration,
     key: &str,
+    max: std::time::Duration,
 ) -> std::time::Duration {
-    let value = duration(&mut v.r, raw, default);
+    let value = duration(&mut v.r, raw, default, key, max);
     if let Some(s) = raw {
         if value.is_zero() && humantime::parse_duration(s.get_ref()).is_ok() {
             v.r.at(s.span(), format!("{key} must be greater than 0"));
@@ -114,6 +133,14 @@ fn at_least_one(v: &mut UnitValidator<'_>, raw: &Option<S<u32>>, default: u32, k
         Some(n) if *n.get_ref() == 0 => {
             v.r.at(n.span(), format!("{key} must be at least 1"));
             0
+        }
+        Some(n) if *n.get_ref() > super::bounds::PROBE_COUNT => {
+            let max = super::bounds::PROBE_COUNT;
+            v.r.at(
+                n.span(),
+                format!("{key} must be at most {max}, got {}", n.get_ref()),
+            );
+            max
         }
         Some(n) => *n.get_ref(),
         None => default,

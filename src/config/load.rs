@@ -1,6 +1,7 @@
 //! Reading `orchd.toml` and `units_dir/*.toml` from disk and running every validation
 //! stage over them: the public [`load`] and [`check`] of the config module.
 
+use crate::state::read_bounded_string;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,12 +71,15 @@ pub struct CheckReport {
     pub units_dir: PathBuf,
 }
 
+/// Largest `orchd.toml` or unit file read.
+pub const MAX_CONFIG_FILE: u64 = 1024 * 1024;
+
 /// Reads and validates `orchd.toml`; `Err` only when it cannot be read.
 fn load_daemon(
     config_path: &Path,
 ) -> Result<(validate_daemon::DaemonOutcome, Vec<Diagnostic>), Vec<Diagnostic>> {
     let path = std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_path_buf());
-    let text = std::fs::read_to_string(&path).map_err(|e| {
+    let text = read_bounded_string(&path, MAX_CONFIG_FILE).map_err(|e| {
         vec![Diagnostic::whole_file(
             &path,
             format!("cannot read config file: {e}"),
@@ -99,16 +103,34 @@ fn load_units(
     };
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(unreadable)? {
-        let path = entry.map_err(unreadable)?.path();
-        if path.extension().is_some_and(|e| e == "toml") && path.is_file() {
-            let name = path
-                .file_stem()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            let text = std::fs::read_to_string(&path);
-            files.push(UnitFile { name, path, text });
+        let entry = entry.map_err(unreadable)?;
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
         }
+        // Every `*.toml` is a unit: a symlink that leads nowhere (dangling, looping) or to
+        // something that is not a file is an error with its path, never "the unit was
+        // removed" (which would stop a running service at the next reload).
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir {
+            continue;
+        }
+        let name = path
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let text =
+            read_bounded_string(&path, MAX_CONFIG_FILE).map_err(|e| match entry.file_type() {
+                Ok(t) if t.is_symlink() && e.kind() == std::io::ErrorKind::NotFound => {
+                    std::io::Error::new(e.kind(), "a symlink to a file that does not exist")
+                }
+                Ok(t) if t.is_symlink() && e.raw_os_error() == Some(libc::ELOOP) => {
+                    std::io::Error::new(e.kind(), "a symlink loop")
+                }
+                _ => e,
+            });
+        files.push(UnitFile { name, path, text });
     }
     let ctx = UnitCtx {
         channels: daemon.channels.clone(),

@@ -8,12 +8,14 @@
 //! [`UnitEntry::Bad`] that the manager shows as `bad-setting`. Used by `orchd` at start,
 //! on reload and for `--check`.
 
+pub mod bounds;
 mod daemon;
 mod diag;
 mod graph;
 mod health;
 mod lenient;
 mod load;
+mod names;
 mod raw;
 mod template;
 mod unit;
@@ -34,6 +36,10 @@ pub use template::substitute;
 pub use unit::{
     DeployConfig, HealthCheck, HealthConfig, OnUnhealthy, ProxyMode, RestartConfig, RestartPolicy,
     StopConfig, SwitchMode, Unit,
+};
+
+pub use names::{
+    MAX_RELEASE_LEN, RELEASE_RULE, ReleaseNameError, check_release, valid_service_name,
 };
 
 pub use load::{CheckReport, check, load, load_unit_str};

@@ -111,7 +111,7 @@ pub(crate) struct RawRestart {
     pub multiplier: Option<S<f64>>,
     pub jitter: Option<S<f64>>,
     pub reset_after: RawDuration,
-    pub burst: Option<u32>,
+    pub burst: Option<S<u32>>,
     pub interval: RawDuration,
 }
 

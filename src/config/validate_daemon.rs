@@ -201,7 +201,13 @@ impl Validator<'_> {
             webhook.extend(self.webhook(i, w));
         }
         AlertsConfig {
-            repeat_interval: duration(&mut self.r, &raw.repeat_interval, default.repeat_interval),
+            repeat_interval: duration(
+                &mut self.r,
+                &raw.repeat_interval,
+                default.repeat_interval,
+                "alerts.repeat_interval",
+                super::bounds::REPEAT_INTERVAL,
+            ),
             email,
             webhook,
         }

@@ -37,20 +37,13 @@ pub(crate) struct Links {
     pub listen: Option<(SocketAddr, Pos)>,
 }
 
-/// Whether `name` is a valid service name (`[A-Za-z0-9_.@-]+`).
-pub(crate) fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.@-".contains(c))
-}
-
 /// Validates the unit `name` from the text of its file at `path`.
 pub(crate) fn validate_unit(name: &str, path: &Path, text: &str, ctx: &UnitCtx) -> UnitOutcome {
     let mut r = Report::new(path, text);
-    if !valid_name(name) {
+    if !super::names::valid_service_name(name) {
         r.whole(format!(
-            "invalid unit name `{name}`: names may only contain A-Z, a-z, 0-9, `_`, `.`, `@` and `-`"
+            "invalid unit name `{name}`: names may only contain A-Z, a-z, 0-9, `_`, `.`, `@` and `-`, \
+             are at most 128 bytes, and are not `.` or `..`"
         ));
     }
     let parsed = lenient::parse::<RawUnit>(text);
@@ -162,12 +155,8 @@ impl UnitValidator<'_> {
         let Some(release) = raw else {
             return "current".to_string();
         };
-        let value = release.get_ref();
-        if value.is_empty() || value.contains('/') || value == "." || value == ".." {
-            self.r.at(
-                release.span(),
-                "`release` must be a non-empty name without `/`",
-            );
+        if let Err(e) = super::names::check_release(release.get_ref()) {
+            self.r.at(release.span(), e.to_string());
         }
         release.into_inner()
     }
@@ -191,8 +180,20 @@ impl UnitValidator<'_> {
     fn restart(&mut self, raw: RawRestart) -> RestartConfig {
         let d = RestartConfig::default();
         let r = &mut self.r;
-        let delay = duration(r, &raw.delay, d.delay);
-        let max_delay = duration(r, &raw.max_delay, d.max_delay);
+        let delay = duration(
+            r,
+            &raw.delay,
+            d.delay,
+            "restart.delay",
+            super::bounds::RESTART_DELAY,
+        );
+        let max_delay = duration(
+            r,
+            &raw.max_delay,
+            d.max_delay,
+            "restart.max_delay",
+            super::bounds::RESTART_MAX_DELAY,
+        );
         if let Some(m) = &raw.max_delay {
             if max_delay < delay {
                 let message = format!(
@@ -205,10 +206,13 @@ impl UnitValidator<'_> {
         }
         let multiplier = raw.multiplier.map_or(d.multiplier, |m| {
             let value = *m.get_ref();
-            if !(value >= 1.0 && value.is_finite()) {
+            if !(1.0..=super::bounds::MULTIPLIER).contains(&value) {
                 r.at(
                     m.span(),
-                    format!("restart.multiplier must be at least 1, got {value}"),
+                    format!(
+                        "restart.multiplier must be between 1 and {}, got {value:?}",
+                        super::bounds::MULTIPLIER
+                    ),
                 );
             }
             value
@@ -229,9 +233,33 @@ impl UnitValidator<'_> {
             max_delay,
             multiplier,
             jitter,
-            reset_after: duration(r, &raw.reset_after, d.reset_after),
-            burst: raw.burst.unwrap_or(d.burst),
-            interval: duration(r, &raw.interval, d.interval),
+            reset_after: duration(
+                r,
+                &raw.reset_after,
+                d.reset_after,
+                "restart.reset_after",
+                super::bounds::RESTART_WINDOW,
+            ),
+            burst: raw.burst.map_or(d.burst, |b| {
+                let value = *b.get_ref();
+                if value > super::bounds::BURST {
+                    r.at(
+                        b.span(),
+                        format!(
+                            "restart.burst must be at most {}, got {value}",
+                            super::bounds::BURST
+                        ),
+                    );
+                }
+                value
+            }),
+            interval: duration(
+                r,
+                &raw.interval,
+                d.interval,
+                "restart.interval",
+                super::bounds::RESTART_WINDOW,
+            ),
         }
     }
 
@@ -239,7 +267,13 @@ impl UnitValidator<'_> {
         let d = StopConfig::default();
         StopConfig {
             signal: signal(&mut self.r, &raw.signal, d.signal),
-            timeout: duration(&mut self.r, &raw.timeout, d.timeout),
+            timeout: duration(
+                &mut self.r,
+                &raw.timeout,
+                d.timeout,
+                "stop.timeout",
+                super::bounds::STOP_TIMEOUT,
+            ),
         }
     }
 
@@ -280,6 +314,13 @@ impl UnitValidator<'_> {
             if *k.get_ref() == 0 {
                 self.r
                     .at(k.span(), "deploy.keep_releases must be at least 1");
+            } else if *k.get_ref() > super::bounds::KEEP_RELEASES {
+                let message = format!(
+                    "deploy.keep_releases must be at most {}, got {}",
+                    super::bounds::KEEP_RELEASES,
+                    k.get_ref()
+                );
+                self.r.at(k.span(), message);
             }
             *k.get_ref()
         });
@@ -287,9 +328,27 @@ impl UnitValidator<'_> {
             listen,
             proxy: raw.proxy.unwrap_or(d.proxy),
             ports,
-            timeout: duration(&mut self.r, &raw.timeout, d.timeout),
-            watch: duration(&mut self.r, &raw.watch, d.watch),
-            drain: duration(&mut self.r, &raw.drain, d.drain),
+            timeout: duration(
+                &mut self.r,
+                &raw.timeout,
+                d.timeout,
+                "deploy.timeout",
+                super::bounds::DEPLOY_PHASE,
+            ),
+            watch: duration(
+                &mut self.r,
+                &raw.watch,
+                d.watch,
+                "deploy.watch",
+                super::bounds::DEPLOY_PHASE,
+            ),
+            drain: duration(
+                &mut self.r,
+                &raw.drain,
+                d.drain,
+                "deploy.drain",
+                super::bounds::DEPLOY_PHASE,
+            ),
             keep_releases,
             switch,
             switch_command,
@@ -444,7 +503,7 @@ mod tests {
         assert_eq!(
             errors(text),
             [
-                "/u/api.toml:3:14: restart.multiplier must be at least 1, got 0.5",
+                "/u/api.toml:3:14: restart.multiplier must be between 1 and 100, got 0.5",
                 "/u/api.toml:4:10: restart.jitter must be between 0 and 1, got 1.5",
                 "/u/api.toml:6:13: restart.max_delay (1s) must not be less than restart.delay (5s)",
             ]
@@ -458,9 +517,50 @@ mod tests {
             errors.map_err(|e| e[0].to_string()),
             Err(
                 "/u/a b.toml:1:1: invalid unit name `a b`: names may only contain \
-                 A-Z, a-z, 0-9, `_`, `.`, `@` and `-`"
+                 A-Z, a-z, 0-9, `_`, `.`, `@` and `-`, are at most 128 bytes, and are not \
+                 `.` or `..`"
                     .to_string()
             )
+        );
+    }
+
+    #[test]
+    fn durations_and_counts_have_upper_bounds() {
+        let huge = "\"500000000000y\"";
+        let text = format!(
+            "exec = [\"a\"]\n[restart]\ndelay = {huge}\nmax_delay = {huge}\nreset_after = {huge}\n\
+             interval = {huge}\nmultiplier = 1e308\nburst = 4000000000\n[stop]\ntimeout = {huge}\n\
+             [health]\ntcp = \"127.0.0.1:1\"\ninterval = {huge}\ntimeout = {huge}\n\
+             start_period = {huge}\nretries = 4000000000\n[deploy]\nlisten = \"127.0.0.1:1\"\n\
+             ports = [2, 3]\ntimeout = {huge}\nwatch = {huge}\ndrain = {huge}\n\
+             keep_releases = 4000000000\n"
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "/u/api.toml:3:9: restart.delay = \"500000000000y\" is too long: at most 1h is allowed",
+                "/u/api.toml:4:13: restart.max_delay = \"500000000000y\" is too long: at most 24h is allowed",
+                "/u/api.toml:5:15: restart.reset_after = \"500000000000y\" is too long: at most 30d is allowed",
+                "/u/api.toml:6:12: restart.interval = \"500000000000y\" is too long: at most 30d is allowed",
+                "/u/api.toml:7:14: restart.multiplier must be between 1 and 100, got 1e308",
+                "/u/api.toml:8:9: restart.burst must be at most 10000, got 4000000000",
+                "/u/api.toml:10:11: stop.timeout = \"500000000000y\" is too long: at most 24h is allowed",
+                "/u/api.toml:13:12: health.interval = \"500000000000y\" is too long: at most 24h is allowed",
+                "/u/api.toml:14:11: health.timeout = \"500000000000y\" is too long: at most 1h is allowed",
+                "/u/api.toml:15:16: health.start_period = \"500000000000y\" is too long: at most 24h is allowed",
+                "/u/api.toml:16:11: health.retries must be at most 1000, got 4000000000",
+                "/u/api.toml:20:11: deploy.timeout = \"500000000000y\" is too long: at most 24h is allowed",
+                "/u/api.toml:21:9: deploy.watch = \"500000000000y\" is too long: at most 24h is allowed",
+                "/u/api.toml:22:9: deploy.drain = \"500000000000y\" is too long: at most 24h is allowed",
+                "/u/api.toml:23:17: deploy.keep_releases must be at most 1000, got 4000000000",
+            ]
+        );
+        assert_eq!(
+            errors("exec = [\"a\"]\nrelease = \"../x\"\n"),
+            [format!(
+                "/u/api.toml:2:11: invalid release name \"../x\": {}",
+                super::super::RELEASE_RULE
+            )]
         );
     }
 

@@ -11,12 +11,30 @@ use nix::sys::signal::Signal;
 use super::diag::Report;
 use super::raw::{RawDuration, S};
 
-/// A humantime duration (`"100ms"`, `"1m30s"`), or `default` when absent or invalid.
-pub(crate) fn duration(r: &mut Report<'_>, raw: &RawDuration, default: Duration) -> Duration {
+/// A humantime duration (`"100ms"`, `"1m30s"`) of at most `max` for `key`, or `default` when
+/// absent or invalid.
+pub(crate) fn duration(
+    r: &mut Report<'_>,
+    raw: &RawDuration,
+    default: Duration,
+    key: &str,
+    max: Duration,
+) -> Duration {
     let Some(raw) = raw else {
         return default;
     };
     match humantime::parse_duration(raw.get_ref()) {
+        Ok(d) if d > max => {
+            r.at(
+                raw.span(),
+                format!(
+                    "{key} = {:?} is too long: at most {} is allowed",
+                    raw.get_ref(),
+                    super::bounds::show(max)
+                ),
+            );
+            default
+        }
         Ok(d) => d,
         Err(e) => {
             r.at(
@@ -89,11 +107,23 @@ mod tests {
         let path = Path::new("x.toml");
         let mut r = Report::new(path, "");
         assert_eq!(
-            duration(&mut r, &spanned("1m30s"), Duration::ZERO),
+            duration(
+                &mut r,
+                &spanned("1m30s"),
+                Duration::ZERO,
+                "k",
+                Duration::MAX
+            ),
             Duration::from_secs(90)
         );
         assert_eq!(
-            duration(&mut r, &spanned("10 parsecs"), Duration::ZERO),
+            duration(
+                &mut r,
+                &spanned("10 parsecs"),
+                Duration::ZERO,
+                "k",
+                Duration::MAX
+            ),
             Duration::ZERO
         );
         assert_eq!(
@@ -101,6 +131,17 @@ mod tests {
             "x.toml:1:1: invalid duration \"10 parsecs\": unknown time unit \"parsecs\", \
              supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years \
              (and few variations)"
+        );
+        duration(
+            &mut r,
+            &spanned("500000000000y"),
+            Duration::ZERO,
+            "stop.timeout",
+            Duration::from_secs(86400),
+        );
+        assert_eq!(
+            r.errors[1].to_string(),
+            "x.toml:1:1: stop.timeout = \"500000000000y\" is too long: at most 24h is allowed"
         );
     }
 

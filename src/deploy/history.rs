@@ -51,7 +51,7 @@ impl History {
                 else {
                     continue;
                 };
-                match std::fs::read(&path)
+                match crate::state::read_bounded(&path, crate::state::MAX_STATE_FILE)
                     .ok()
                     .and_then(|b| serde_json::from_slice::<Vec<HistoryEntry>>(&b).ok())
                 {

@@ -4,6 +4,7 @@
 //! `retries` consecutive counted failures → unhealthy; `success_threshold` consecutive
 //! successes → healthy. The last 10 results are kept for `orchctl status SVC`.
 
+use crate::deadline::Later;
 use std::collections::VecDeque;
 
 use tokio::time::Instant;
@@ -38,7 +39,7 @@ pub struct Tracker {
 impl Tracker {
     /// A new instance started at `now`: health `starting`.
     pub fn new(cfg: HealthConfig, now: Instant) -> Tracker {
-        let start_period_ends = Some(now + cfg.start_period);
+        let start_period_ends = Some(now.later(cfg.start_period));
         Tracker {
             cfg,
             health: Health::Starting,

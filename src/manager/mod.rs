@@ -8,6 +8,7 @@ mod deploys;
 mod order;
 mod reload;
 
+use crate::deadline::Later;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -313,7 +314,11 @@ impl Manager {
             return None;
         };
         let h = unit.health.as_ref()?;
-        Some(h.start_period + h.interval * h.retries + h.timeout)
+        Some(
+            h.start_period
+                .saturating_add(h.interval.saturating_mul(h.retries))
+                .saturating_add(h.timeout),
+        )
     }
 
     fn dep_watches(&self, unit: &Unit) -> Vec<DepWatch> {
@@ -515,7 +520,7 @@ impl Manager {
                 }
             }
             for (mut rx, timeout) in waits {
-                let deadline = Instant::now() + timeout + Duration::from_secs(2);
+                let deadline = Instant::now().later(timeout.saturating_add(Duration::from_secs(2)));
                 let _ = tokio::time::timeout_at(deadline, rx.wait_for(|s| is_down(s.state))).await;
             }
         }

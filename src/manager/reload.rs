@@ -147,7 +147,10 @@ impl Manager {
         self.save();
         if let Entry::Supervised { handle, unit } = entry {
             handle.send(supervisor::Command::op(supervisor::Op::Stop));
-            let grace = unit.stop.timeout + std::time::Duration::from_secs(2);
+            let grace = unit
+                .stop
+                .timeout
+                .saturating_add(std::time::Duration::from_secs(2));
             tokio::spawn(async move {
                 let mut rx = handle.status.clone();
                 let _ = tokio::time::timeout(grace, rx.wait_for(|s| super::is_down(s.state))).await;

@@ -8,6 +8,7 @@
 //!
 //! `advance_deploy` is called after every change of either slot and decides the next step.
 
+use crate::deadline::Later;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
@@ -156,6 +157,11 @@ impl Supervisor {
                 ),
             ));
         }
+        // The API checks this too; here because the release becomes part of a path and a
+        // command line, whoever asks.
+        if let Err(e) = crate::config::check_release(&req.release) {
+            return Err(ApiError::new(ErrorCode::BadRequest, e.to_string()));
+        }
         if self.unit.is_monitor_only() {
             return Err(ApiError::new(
                 ErrorCode::BadRequest,
@@ -233,7 +239,7 @@ impl Supervisor {
         match strategy {
             Strategy::PortSwap => {
                 self.set_phase(Phase::Starting {
-                    deadline: Instant::now() + timeout,
+                    deadline: Instant::now().later(timeout),
                 });
                 Box::pin(self.feed(cand, Input::Start)).await;
             }
@@ -278,7 +284,7 @@ impl Supervisor {
                 if !down(self.slots[old].machine.state()) {
                     return false;
                 }
-                let deadline = Instant::now() + d.timeout;
+                let deadline = Instant::now().later(d.timeout);
                 self.set_phase(Phase::Starting { deadline });
                 self.feed_candidate_start(cand).await;
                 true
@@ -390,7 +396,7 @@ impl Supervisor {
             port,
         });
         self.set_phase(Phase::Watching {
-            deadline: Instant::now() + watch,
+            deadline: Instant::now().later(watch),
         });
     }
 
@@ -423,19 +429,32 @@ impl Supervisor {
 
     /// The candidate never became ready: stop it; the restart strategy brings the old back.
     pub(super) async fn fail_start(&mut self, cand: usize, old: usize, why: String) {
-        let restart = self
-            .deploy
-            .as_ref()
-            .is_some_and(|d| d.strategy == Strategy::Restart);
+        let Some(d) = self.deploy.as_ref() else {
+            return;
+        };
+        let restart = d.strategy == Strategy::Restart;
+        // A rollback whose release never served has failed, whatever runs afterwards: "rolled
+        // back" is what a successful `orchctl rollback` reports.
+        let (outcome, why) = if d.rollback {
+            let again = format!("; the rollback did not happen ({} runs again)", d.previous);
+            (
+                Outcome::Failed,
+                format!("{why}{}", if restart { again.as_str() } else { "" }),
+            )
+        } else if restart {
+            (Outcome::RolledBack, why)
+        } else {
+            (Outcome::Failed, why)
+        };
         // Finish first: the stops and starts below re-enter advance_deploy, which must find no
         // deploy left to act on.
         if restart {
             self.active = old;
-            self.finish(Outcome::RolledBack, Some(why));
+            self.finish(outcome, Some(why));
             self.stop_slot(cand).await;
             Box::pin(self.feed(old, Input::Start)).await;
         } else {
-            self.finish(Outcome::Failed, Some(why));
+            self.finish(outcome, Some(why));
             self.stop_slot(cand).await;
         }
     }
@@ -470,7 +489,7 @@ impl Supervisor {
                     .as_ref()
                     .map_or(Duration::ZERO, |d| d.drain);
                 self.set_phase(Phase::Draining {
-                    deadline: Instant::now() + drain,
+                    deadline: Instant::now().later(drain),
                 });
             }
             Phase::Draining { .. } => {

@@ -6,6 +6,7 @@
 //! (`start_period + retries × interval + timeout`) blocks too. `after`: ordering only — wait
 //! while the dependency is on its way up, never block.
 
+use crate::deadline::Later;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -53,7 +54,7 @@ pub fn evaluate(deps: &[DepWatch], waiting_since: Instant, now: Instant) -> Verd
             }
             State::Running if s.health != Health::None => {
                 if let Some(bound) = dep.health_bound {
-                    let expires = waiting_since + bound;
+                    let expires = waiting_since.later(bound);
                     if now >= expires {
                         return blocked(format!(
                             "{} did not become healthy within {} (health {})",

@@ -16,7 +16,8 @@ pub fn backoff_delay(cfg: &RestartConfig, attempt: u32, rand: f64) -> Duration {
     let exp = cfg.multiplier.max(1.0).powi(attempt.min(1000) as i32);
     let capped = (base * exp).min(cfg.max_delay.as_secs_f64());
     let jittered = capped * (1.0 + cfg.jitter.clamp(0.0, 1.0) * rand.clamp(-1.0, 1.0));
-    Duration::from_secs_f64(jittered.max(0.0))
+    // try_: a product past Duration's range (or NaN) must not panic the supervisor.
+    Duration::try_from_secs_f64(jittered.max(0.0)).unwrap_or(Duration::MAX)
 }
 
 /// Tracks the start times inside the `interval` window for the `burst` start limit.

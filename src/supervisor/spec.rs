@@ -186,12 +186,17 @@ fn set(env: &mut Vec<(String, String)>, key: &str, value: String) {
     }
 }
 
+/// Largest `env_file` read.
+pub const MAX_ENV_FILE: u64 = 1024 * 1024;
+
 /// Parse a systemd-style environment file: `KEY=VALUE` lines, `#` comments, optional `export `
 /// and matching single or double quotes around the value.
 pub fn read_env_file(path: &Path) -> Result<Vec<(String, String)>, SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SpecError::EnvFile {
-        path: path.to_owned(),
-        source,
+    let text = crate::state::read_bounded_string(path, MAX_ENV_FILE).map_err(|source| {
+        SpecError::EnvFile {
+            path: path.to_owned(),
+            source,
+        }
     })?;
     parse_env(&text).map_err(|line| SpecError::EnvLine {
         path: path.to_owned(),

@@ -5,6 +5,7 @@
 //! drops the old state's deadline and logs `from -> to`. "Want up" (the operator's intent) is kept
 //! apart from the actual state, as in s6.
 
+use crate::deadline::Later;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -368,7 +369,7 @@ impl Machine {
         }
         self.set_state(State::Stopping);
         self.clearing = false;
-        self.deadline = Some(ctx.now + self.stop.timeout);
+        self.deadline = Some(ctx.now.later(self.stop.timeout));
         vec![
             Action::Signal(self.stop.signal),
             Action::Emit(EventKind::Stopped),
@@ -476,7 +477,7 @@ impl Machine {
         }
         self.set_state(State::Backoff);
         self.reason = Some(what);
-        self.deadline = Some(ctx.now + delay);
+        self.deadline = Some(ctx.now.later(delay));
         actions
     }
 
