@@ -214,7 +214,8 @@ async fn ended(end: End, w: &mut Writer, caller: &Caller) {
             ApiError::new(
                 ErrorCode::BadRequest,
                 format!(
-                    "request line not complete within {} ({received} bytes received, no newline);                      send each request as one line at once; closing the connection",
+                    "request line not complete within {} ({received} bytes received, no newline); \
+                     send each request as one line at once; closing the connection",
                     humantime::format_duration(limit)
                 ),
             )

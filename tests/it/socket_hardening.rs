@@ -1,0 +1,395 @@
+//! The socket under attack (issue 14, defect 4): connection limits per user with headroom for
+//! root, request-line deadlines, memory bounds, and a fuzz test of hostile lines.
+//!
+//! Unprivileged clients are this test binary run again as another uid (the `helper` test,
+//! with `ORCH_HELPER_*` in its environment), so that they hold real connections with real
+//! peer credentials.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+const T: Duration = Duration::from_secs(10);
+/// The limits of docs/api.md, "Connection limits".
+const PER_UID: usize = 16;
+const MAX_UNPRIVILEGED: usize = 192;
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// A unit that sleeps, and an orchd that lets `nobody` read everything (so its requests are
+/// answered, not refused).
+fn setup() -> Setup {
+    let s = Setup {
+        extra_config: "[api]\nsocket = \"orchd.sock\"\nsocket_group = \"\"\ndbus = \"off\"\n\n\
+                       [[api.grant]]\nuser = \"nobody\"\ncommands = [\"status\", \"events\", \"logs\"]\n\
+                       services = [\"*\"]\n"
+            .into(),
+        ..Setup::new()
+    };
+    s.unit("api", "exec = [\"sleep\", \"1000\"]\n");
+    std::fs::set_permissions(s.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    s
+}
+
+/// This test binary, run as `uid` in helper `mode` against `socket`; its report lines start
+/// with `HELPER `.
+struct Helper {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Helper {
+    fn start(uid: u32, socket: &Path, mode: &str) -> Helper {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "socket_hardening::helper",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("ORCH_HELPER_SOCKET", socket)
+            .env("ORCH_HELPER_MODE", mode)
+            .uid(uid)
+            .gid(65534)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // libtest's "test … " may come first on the line.
+                if let Some(at) = line.find("HELPER ") {
+                    let _ = tx.send(line[at + "HELPER ".len()..].to_owned());
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        Helper {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// The next report line, within `timeout`.
+    fn line(&self, timeout: Duration) -> String {
+        self.lines
+            .recv_timeout(timeout)
+            .unwrap_or_else(|e| panic!("no report from the helper within {timeout:?}: {e}"))
+    }
+
+    /// `key value` from the next report line, which must have that key.
+    fn value(&self, key: &str, timeout: Duration) -> String {
+        let line = self.line(timeout);
+        match line.split_once(' ') {
+            Some((k, v)) if k == key => v.to_owned(),
+            _ => panic!("expected `{key} …` from the helper, got {line:?}"),
+        }
+    }
+
+    /// Tell it to let go (close its stdin) and wait for it to exit.
+    fn finish(mut self) {
+        drop(self.stdin.take());
+        let child = &mut self.child;
+        wait_some("the helper to exit", T, || child.try_wait().ok().flatten());
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The other side of [`Helper`]: does nothing unless run by it.
+#[test]
+#[ignore = "run as another user by the other tests of this module"]
+fn helper() {
+    let (Ok(socket), Ok(mode)) = (
+        std::env::var("ORCH_HELPER_SOCKET"),
+        std::env::var("ORCH_HELPER_MODE"),
+    ) else {
+        return;
+    };
+    let socket = Path::new(&socket);
+    let mut words = mode.split(':');
+    match words.next() {
+        Some("hold") => hold(socket, words.next().unwrap().parse().unwrap()),
+        Some("stall") => stall(socket),
+        Some("slow") => slow(
+            socket,
+            words.next().unwrap().parse().unwrap(),
+            words.next().unwrap().parse().unwrap(),
+        ),
+        _ => panic!("unknown helper mode {mode}"),
+    }
+}
+
+fn report(line: &str) {
+    println!("HELPER {line}");
+    std::io::stdout().flush().unwrap();
+}
+
+/// Block until the parent closes our stdin (in a thread); `true` once it has.
+fn parent_done() -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        let _ = tx.send(());
+    });
+    rx
+}
+
+/// A `status` request and its answer; a refused connection may be closed before the request
+/// is written, and its answer is read all the same.
+fn status_request(c: &mut UnixStream) -> std::io::Result<String> {
+    let _ = c.write_all(b"{\"id\":1,\"cmd\":\"status\"}\n");
+    let mut line = String::new();
+    BufReader::new(c).read_line(&mut line)?;
+    Ok(line)
+}
+
+/// Open `n` connections, send a request on each; report how many were answered and the first
+/// refusal; keep the answered ones busy (a request every second, well within the deadline)
+/// until the parent is done.
+fn hold(socket: &Path, n: usize) {
+    let done = parent_done();
+    let mut conns: Vec<UnixStream> = (0..n)
+        .map(|_| UnixStream::connect(socket).unwrap())
+        .collect();
+    let mut held = Vec::new();
+    let mut refusal = None;
+    for mut c in conns.drain(..) {
+        c.set_read_timeout(Some(T)).unwrap();
+        let line = status_request(&mut c).unwrap_or_default();
+        // Served: answered (or refused permission: other uids have no grant).
+        if line.contains("\"id\":1") {
+            held.push(c);
+        } else if refusal.is_none() {
+            refusal = Some(line.trim().to_owned());
+        }
+    }
+    report(&format!("admitted {}", held.len()));
+    report(&format!("refusal {}", refusal.unwrap_or_default()));
+    while done.recv_timeout(Duration::from_secs(1)).is_err() {
+        for c in &mut held {
+            let line = status_request(c).unwrap();
+            assert!(line.contains("\"id\":1"), "{line}");
+        }
+    }
+}
+
+/// Send half a request and report how long orchd took to close the connection, and what it
+/// said.
+fn stall(socket: &Path) {
+    let idle = UnixStream::connect(socket).unwrap();
+    let idle = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let mut idle = idle;
+        idle.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut said = String::new();
+        let _ = idle.read_to_string(&mut said);
+        (t0.elapsed(), said)
+    });
+    let mut c = UnixStream::connect(socket).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let t0 = Instant::now();
+    c.write_all(b"{\"id\":1,\"cmd\":\"sta").unwrap();
+    let mut said = String::new();
+    let _ = c.read_to_string(&mut said);
+    report(&format!("closed_after_ms {}", t0.elapsed().as_millis()));
+    report(&format!("said {}", said.trim()));
+    let (took, said) = idle.join().unwrap();
+    report(&format!("idle_closed_after_ms {}", took.as_millis()));
+    report(&format!("idle_said {}", said.trim()));
+}
+
+/// `n` connections each sending a `bytes`-long line in 64 KiB pieces, all in turn, then a
+/// newline; report how many were answered and how many orchd dropped.
+fn slow(socket: &Path, n: usize, bytes: usize) {
+    let mut conns: Vec<Option<UnixStream>> = (0..n)
+        .map(|_| Some(UnixStream::connect(socket).unwrap()))
+        .collect();
+    let piece = vec![b'x'; 64 * 1024];
+    let mut sent = 0;
+    while sent < bytes {
+        let len = piece.len().min(bytes - sent);
+        for slot in &mut conns {
+            if let Some(c) = slot
+                && c.write_all(&piece[..len]).is_err()
+            {
+                *slot = None; // dropped by orchd
+            }
+        }
+        sent += len;
+    }
+    let (mut answered, mut dropped, mut message) = (0, 0, String::new());
+    for mut c in conns.into_iter().flatten() {
+        let _ = c.write_all(b"\n");
+        c.set_read_timeout(Some(T)).unwrap();
+        let mut line = String::new();
+        let _ = BufReader::new(&mut c).read_line(&mut line);
+        if line.contains("request dropped") {
+            dropped += 1;
+            message = line.trim().to_owned();
+        } else if line.contains("bad JSON") {
+            answered += 1;
+        }
+    }
+    report(&format!("answered {answered}"));
+    report(&format!("dropped {dropped} {message}"));
+}
+
+/// Defect 4: unprivileged users fill every connection they may; root's `orchctl` still
+/// answers at once, each user's N+1th connection is refused naming the limit and the holder,
+/// and the users together never take the connections kept for root.
+#[test]
+fn unprivileged_users_cannot_lock_root_out() {
+    if !is_root() {
+        eprintln!("skipped: needs root to switch users");
+        return;
+    }
+    let s = setup();
+    let orchd = s.start();
+    orchd.wait_new_pid("api", None, T);
+    // nobody alone, 260 connections: it gets its share, the rest are refused.
+    let nobody = Helper::start(65534, &s.socket(), "hold:260");
+    assert_eq!(nobody.value("admitted", T), PER_UID.to_string());
+    let refusal = nobody.value("refusal", T);
+    assert!(
+        refusal.contains("\"code\":\"unavailable\"")
+            && refusal.contains(&format!(
+                "too many connections from uid 65534 (nobody) (limit {PER_UID} per user without \
+                 full rights): {PER_UID} open, by pid"
+            )),
+        "{refusal}"
+    );
+    // More users until the unprivileged share is full: the next user is refused, and the
+    // message names who holds the connections.
+    let mut helpers = vec![nobody];
+    for uid in 1..MAX_UNPRIVILEGED / PER_UID {
+        let h = Helper::start(60000 + uid as u32, &s.socket(), &format!("hold:{PER_UID}"));
+        assert_eq!(h.value("admitted", T), PER_UID.to_string(), "uid {uid}");
+        h.value("refusal", T);
+        helpers.push(h);
+    }
+    let late = Helper::start(60100, &s.socket(), "hold:1");
+    assert_eq!(late.value("admitted", T), "0");
+    let refusal = late.value("refusal", T);
+    assert!(
+        refusal.contains(&format!(
+            "too many connections from users without full rights (limit {MAX_UNPRIVILEGED} \
+             together; 64 more are kept for root, orchd's user and socket_group); held by"
+        )) && refusal.contains("uid 60001 16, uid 60002 16")
+            && refusal.contains("and 7 more users"),
+        "{refusal}"
+    );
+    // root: orchctl answers at once, and root may open many more connections.
+    let t0 = Instant::now();
+    let out = orchd.ctl(&["status"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    let mut root: Vec<UnixStream> = (0..32)
+        .map(|_| UnixStream::connect(s.socket()).unwrap())
+        .collect();
+    for c in &mut root {
+        c.set_read_timeout(Some(T)).unwrap();
+        let line = status_request(c).unwrap();
+        assert!(line.contains("\"services\""), "{line}");
+    }
+    // A user that lets go frees its share.
+    helpers.remove(0).finish();
+    let again = Helper::start(65534, &s.socket(), "hold:1");
+    assert_eq!(again.value("admitted", T), "1");
+    assert!(orchd.log_text().contains("connection refused"));
+}
+
+/// A half-sent request is closed after the deadline, with a message; an idle unprivileged
+/// connection is closed too; a stream (`events -f`) outlives both.
+#[test]
+fn a_stalled_request_is_closed_after_the_deadline_and_streams_are_exempt() {
+    if !is_root() {
+        eprintln!("skipped: needs root to switch users");
+        return;
+    }
+    let s = setup();
+    let orchd = s.start();
+    let pid = orchd.wait_new_pid("api", None, T);
+    let stall = Helper::start(65534, &s.socket(), "stall");
+    // root's half line: the deadline runs from its first byte.
+    let mut root = UnixStream::connect(s.socket()).unwrap();
+    root.set_read_timeout(Some(T * 3)).unwrap();
+    let t0 = Instant::now();
+    root.write_all(b"{\"id\":1,\"cmd\":\"sta").unwrap();
+    let mut stream = Command::new(ORCHCTL)
+        .arg("--socket")
+        .arg(s.socket())
+        .args(["--json", "events", "-f"])
+        .uid(65534)
+        .gid(65534)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, events) = mpsc::channel();
+    let out = stream.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+
+    let mut said = String::new();
+    let _ = root.read_to_string(&mut said);
+    let root_took = t0.elapsed();
+    let nobody_took = Duration::from_millis(stall.value("closed_after_ms", T * 3).parse().unwrap());
+    let nobody_said = stall.value("said", T);
+    for (who, took) in [("root", root_took), ("nobody", nobody_took)] {
+        assert!(
+            took >= DEADLINE - Duration::from_millis(100)
+                && took < DEADLINE + Duration::from_secs(2),
+            "{who}'s half line closed after {took:?}"
+        );
+    }
+    for said in [&said, &nobody_said] {
+        assert!(
+            said.contains("\"code\":\"bad_request\"")
+                && said.contains(
+                    "request line not complete within 10s (18 bytes received, no newline)"
+                ),
+            "{said}"
+        );
+    }
+    // An idle connection of nobody's: closed, silently.
+    let idle_took = Duration::from_millis(stall.value("idle_closed_after_ms", T).parse().unwrap());
+    assert!(
+        idle_took >= DEADLINE - Duration::from_millis(100)
+            && idle_took < DEADLINE + Duration::from_secs(2),
+        "nobody's idle connection closed after {idle_took:?}"
+    );
+    assert_eq!(stall.value("idle_said", T), "");
+    // The stream, older than the deadline, still delivers.
+    assert!(stream.try_wait().unwrap().is_none(), "events -f ended");
+    assert!(orchd.ctl(&["restart", "api"]).status.success());
+    orchd.wait_new_pid("api", Some(pid), T);
+    wait_some("the restart through the nobody's events -f", T, || {
+        events.try_recv().ok().filter(|l| l.contains("\"started\""))
+    });
+    let _ = stream.kill();
+    let _ = stream.wait();
+}
