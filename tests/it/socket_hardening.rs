@@ -223,28 +223,36 @@ fn stall(socket: &Path) {
 /// `n` connections each sending a `bytes`-long line in 64 KiB pieces, all in turn, then a
 /// newline; report how many were answered and how many orchd dropped.
 fn slow(socket: &Path, n: usize, bytes: usize) {
-    let mut conns: Vec<Option<UnixStream>> = (0..n)
-        .map(|_| Some(UnixStream::connect(socket).unwrap()))
+    let (answered, dropped, message) = slow_lines(socket, n, bytes);
+    report(&format!("answered {answered}"));
+    report(&format!("dropped {dropped} {message}"));
+}
+
+/// See [`slow`]: (answered, dropped, the last drop message).
+fn slow_lines(socket: &Path, n: usize, bytes: usize) -> (usize, usize, String) {
+    let mut conns: Vec<(UnixStream, bool)> = (0..n)
+        .map(|_| (UnixStream::connect(socket).unwrap(), true))
         .collect();
     let piece = vec![b'x'; 64 * 1024];
     let mut sent = 0;
     while sent < bytes {
         let len = piece.len().min(bytes - sent);
-        for slot in &mut conns {
-            if let Some(c) = slot
-                && c.write_all(&piece[..len]).is_err()
-            {
-                *slot = None; // dropped by orchd
-            }
+        for (c, open) in &mut conns {
+            // A failed write: orchd dropped the line (its message is read below).
+            *open = *open && c.write_all(&piece[..len]).is_ok();
         }
         sent += len;
     }
+    for (c, open) in &mut conns {
+        if *open {
+            let _ = c.write_all(b"\n");
+        }
+    }
     let (mut answered, mut dropped, mut message) = (0, 0, String::new());
-    for mut c in conns.into_iter().flatten() {
-        let _ = c.write_all(b"\n");
+    for (c, _) in &mut conns {
         c.set_read_timeout(Some(T)).unwrap();
         let mut line = String::new();
-        let _ = BufReader::new(&mut c).read_line(&mut line);
+        let _ = BufReader::new(c).read_line(&mut line);
         if line.contains("request dropped") {
             dropped += 1;
             message = line.trim().to_owned();
@@ -252,8 +260,100 @@ fn slow(socket: &Path, n: usize, bytes: usize) {
             answered += 1;
         }
     }
-    report(&format!("answered {answered}"));
-    report(&format!("dropped {dropped} {message}"));
+    (answered, dropped, message)
+}
+
+/// `VmHWM` (peak resident memory) of a process in KiB.
+fn peak_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Resident memory of orchd comes back near its start: polls until it is under `bound_kib`.
+fn wait_rss_under(orchd: &Orchd, bound_kib: u64, what: &str) -> u64 {
+    let mut last = 0;
+    let deadline = Instant::now() + T;
+    while Instant::now() < deadline {
+        last = rss_kib(orchd.pid()).unwrap();
+        if last < bound_kib {
+            return last;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("orchd's RSS stayed at {last} KiB after {what} (bound {bound_kib} KiB)");
+}
+
+/// Defect 4's memory half: 192 unprivileged connections each sending a 1 MiB line slowly
+/// hold at most the unprivileged budget (16 MiB; the largest lines are dropped with an error),
+/// 200 of root's hold their lines, and afterwards orchd's RSS comes back near its start.
+#[test]
+fn slow_megabyte_lines_leave_no_memory_behind() {
+    if !is_root() {
+        eprintln!("skipped: needs root to switch users");
+        return;
+    }
+    let s = setup();
+    let orchd = s.start();
+    let pid = orchd.wait_new_pid("api", None, T);
+    for _ in 0..20 {
+        assert!(orchd.ctl(&["status"]).status.success());
+    }
+    let start = rss_kib(orchd.pid()).unwrap();
+    let bound = 2 * start + 8 * 1024;
+
+    let helpers: Vec<Helper> = (0..MAX_UNPRIVILEGED / PER_UID)
+        .map(|i| {
+            Helper::start(
+                60000 + i as u32,
+                &s.socket(),
+                &format!("slow:{PER_UID}:{}", 1 << 20),
+            )
+        })
+        .collect();
+    let (mut answered, mut dropped) = (0, 0);
+    for h in &helpers {
+        answered += h.value("answered", T * 3).parse::<usize>().unwrap();
+        let d = h.value("dropped", T);
+        let (n, message) = d.split_once(' ').unwrap_or((&d, ""));
+        let n: usize = n.parse().unwrap();
+        if n > 0 {
+            assert!(
+                message.contains("\"code\":\"unavailable\"")
+                    && message.contains(
+                        "request dropped: unfinished request lines of users \
+                                         without full rights hold more than 16 MiB together"
+                    ),
+                "{message}"
+            );
+        }
+        dropped += n;
+    }
+    drop(helpers);
+    let peak = peak_rss_kib(orchd.pid());
+    eprintln!(
+        "unprivileged: {answered} answered, {dropped} dropped; RSS {start} KiB at start, peak {peak} KiB"
+    );
+    assert!(
+        dropped > 0 && answered > 0,
+        "{answered} answered, {dropped} dropped"
+    );
+    assert!(
+        peak < start + 48 * 1024,
+        "peak RSS {peak} KiB, {start} KiB at start"
+    );
+    let after = wait_rss_under(&orchd, bound, "the unprivileged slow lines");
+    eprintln!("unprivileged: RSS {after} KiB after");
+
+    let (answered, dropped, _) = slow_lines(&s.socket(), 200, 1 << 20);
+    assert_eq!((answered, dropped), (200, 0));
+    let peak = peak_rss_kib(orchd.pid());
+    let after = wait_rss_under(&orchd, bound, "root's slow lines");
+    eprintln!("root: RSS peak {peak} KiB, {after} KiB after (bound {bound} KiB)");
+    assert_eq!(orchd.pid_of("api"), Some(pid));
 }
 
 /// Defect 4: unprivileged users fill every connection they may; root's `orchctl` still
