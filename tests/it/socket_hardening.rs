@@ -493,3 +493,265 @@ fn a_stalled_request_is_closed_after_the_deadline_and_streams_are_exempt() {
     let _ = stream.kill();
     let _ = stream.wait();
 }
+
+/// SplitMix64: a small seeded generator, so that a failing run can be repeated.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// One hostile request line, without its newline (and with none inside).
+fn hostile_line(rng: &mut Rng) -> Vec<u8> {
+    const FIXED: &[&str] = &[
+        "{\"id\":1e999,\"cmd\":\"status\"}",
+        "{\"id\":1,\"cmd\":\"logs\",\"args\":{\"service\":\"api\",\"n\":1e999}}",
+        "{\"id\":1,\"cmd\":\"logs\",\"args\":{\"service\":\"api\",\"n\":-1}}",
+        "{\"id\":1,\"cmd\":\"logs\",\"args\":{\"service\":\"api\",\"n\":18446744073709551616}}",
+        "{\"id\":1,\"cmd\":\"events\",\"args\":{\"n\":1e308}}",
+        "{\"id\":1,\"cmd\":\"status\",\"cmd\":\"status\"}",
+        "{\"id\":1,\"id\":2,\"cmd\":\"status\"}",
+        "{\"id\":1,\"cmd\":\"stop\",\"cmd\":\"status\",\"args\":{\"services\":[\"api\"]}}",
+        "{\"id\":1,\"cmd\":\"status\",\"args\":{\"services\":[],\"services\":[\"api\"]}}",
+        "{\"id\":1,\"cmd\":\"start\",\"args\":{\"services\":42}}",
+        "{\"id\":1,\"cmd\":\"start\",\"args\":{\"services\":[1,2]}}",
+        "{\"id\":1,\"cmd\":\"logs\",\"args\":{\"service\":5,\"n\":\"x\"}}",
+        "{\"id\":1,\"cmd\":\"status\",\"args\":[]}",
+        "{\"id\":1,\"cmd\":\"status\",\"args\":{\"services\":\"api\"}}",
+        "{\"id\":1,\"cmd\":null}",
+        "{\"id\":{\"a\":[1,2,{}]},\"cmd\":[]}",
+        "{\"id\":1,\"cmd\":\"sta\\u0000tus\"}",
+        "{\"id\":1,\"cmd\":\"\\ud800\"}",
+        "{\"id\":1,\"cmd\":\"silence\",\"args\":{\"target\":\"nope\",\"for\":\"1x\"}}",
+        "{\"id\":1,\"cmd\":\"deploy\",\"args\":{\"service\":\"nope\",\"release\":\"../x\",\"detach\":true}}",
+        "{\"id\":1,\"cmd\":\"history\",\"args\":{\"service\":\"../../etc\"}}",
+        "[]",
+        "null",
+        "\"status\"",
+        "{",
+        "}",
+        "{\"id\":1,\"cmd\":\"status\"",
+    ];
+    match rng.below(10) {
+        0 => {
+            let n = 1 + rng.below(4096);
+            rng.bytes(n)
+        }
+        1 => {
+            // longer than the limit, or just under it
+            let n = if rng.below(2) == 0 {
+                (1 << 20) + 1 + rng.below(1 << 20)
+            } else {
+                (1 << 20) - rng.below(16)
+            };
+            let mut v = vec![b'a' + rng.below(26) as u8; n];
+            v[0] = b'{';
+            v
+        }
+        2 => {
+            let depth = 100_000;
+            let (open, close) = if rng.below(2) == 0 {
+                (b'[', b']')
+            } else {
+                (b'{', b'}')
+            };
+            let mut v = Vec::with_capacity(2 * depth + 8);
+            for _ in 0..depth {
+                v.push(open);
+                if open == b'{' {
+                    v.extend_from_slice(b"\"a\":");
+                }
+            }
+            if rng.below(2) == 0 {
+                v.extend(std::iter::repeat_n(close, depth));
+            }
+            v
+        }
+        3 => {
+            let mut v = b"{\"id\":1,\"cmd\":\"status\"}".to_vec();
+            let at = rng.below(v.len());
+            v.insert(at, 0);
+            v
+        }
+        4 => {
+            let mut v = b"{\"id\":1,\"cmd\":\"".to_vec();
+            v.extend_from_slice(&[0xff, 0xfe, 0xc3, 0x28, 0xed, 0xa0, 0x80]);
+            v.extend_from_slice(b"\"}");
+            v
+        }
+        5 => {
+            let name: String = (0..1 + rng.below(40))
+                .map(|_| (b'!' + rng.below(90) as u8) as char)
+                .filter(|c| *c != '"' && *c != '\\')
+                .collect();
+            format!("{{\"id\":{},\"cmd\":\"{name}\",\"args\":{{}}}}", rng.next()).into_bytes()
+        }
+        6 => {
+            // a valid request with one byte changed
+            let mut v = FIXED[rng.below(FIXED.len())].as_bytes().to_vec();
+            let at = rng.below(v.len());
+            v[at] = rng.next() as u8;
+            v
+        }
+        _ => FIXED[rng.below(FIXED.len())].as_bytes().to_vec(),
+    }
+    .into_iter()
+    .map(|b| if b == b'\n' { b' ' } else { b })
+    .collect()
+}
+
+/// Does orchd owe an answer to this line? Blank (whitespace) lines get none.
+fn answered(line: &[u8]) -> bool {
+    std::str::from_utf8(line).map_or(true, |s| !s.trim().is_empty())
+}
+
+/// How one fuzz connection sends its lines.
+fn send_hostile(c: &mut UnixStream, rng: &mut Rng, data: &[u8]) -> std::io::Result<()> {
+    match rng.below(4) {
+        // byte at a time, for short lines
+        0 if data.len() < 200 => {
+            for b in data {
+                c.write_all(&[*b])?;
+                if rng.below(8) == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            Ok(())
+        }
+        // in random pieces
+        1 => {
+            let mut rest = data;
+            while !rest.is_empty() {
+                let n = 1 + rng.below(rest.len().min(70_000));
+                c.write_all(&rest[..n])?;
+                rest = &rest[n..];
+            }
+            Ok(())
+        }
+        _ => c.write_all(data),
+    }
+}
+
+/// One fuzz connection: a few hostile lines (pipelined), each answered with one well-formed
+/// error or result; sometimes a half line and a hang-up.
+fn fuzz_connection(socket: &Path, rng: &mut Rng) {
+    let mut c = UnixStream::connect(socket).unwrap();
+    c.set_read_timeout(Some(T)).unwrap();
+    let lines: Vec<Vec<u8>> = (0..1 + rng.below(4)).map(|_| hostile_line(rng)).collect();
+    let mut data = Vec::new();
+    for l in &lines {
+        data.extend_from_slice(l);
+        data.extend_from_slice(if rng.below(5) == 0 { b"\r\n" } else { b"\n" });
+    }
+    if rng.below(6) == 0 {
+        let cut = rng.below(data.len());
+        let _ = c.write_all(&data[..cut]);
+        return;
+    }
+    // The reader runs alongside: orchd answers while the rest is still being sent.
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    let expected = lines.iter().filter(|l| answered(l)).count();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        for _ in 0..expected {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            got.push(line);
+        }
+        got
+    });
+    send_hostile(&mut c, rng, &data).unwrap();
+    for line in reader.join().unwrap() {
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("orchd answered with bad JSON ({e}): {line:?}"));
+        assert_eq!(v["done"], true, "{line}");
+        if let Some(code) = v["error"]["code"].as_str() {
+            assert!(
+                [
+                    "bad_request",
+                    "unknown_command",
+                    "not_found",
+                    "failed",
+                    "invalid"
+                ]
+                .contains(&code),
+                "{line}"
+            );
+        } else {
+            assert!(v.get("result").is_some(), "{line}");
+        }
+    }
+}
+
+/// The socket fuzz test of issue 14: random and hostile lines, many connections, slow
+/// clients; afterwards orchd answers, its service runs on with the same pid, and its RSS is
+/// back under 2 × its start + 8 MiB. `ORCH_FUZZ_SEED` repeats a run.
+#[test]
+fn socket_fuzz() {
+    let seed = std::env::var("ORCH_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("socket_fuzz seed {seed} (ORCH_FUZZ_SEED={seed} repeats this run)");
+    let s = setup();
+    let orchd = s.start();
+    let pid = orchd.wait_new_pid("api", None, T);
+    for _ in 0..20 {
+        assert!(orchd.ctl(&["status"]).status.success());
+    }
+    let start = rss_kib(orchd.pid()).unwrap();
+    let bound = 2 * start + 8 * 1024;
+
+    let until = Instant::now() + Duration::from_secs(8);
+    let workers: Vec<_> = (0..12u64)
+        .map(|w| {
+            let socket = s.socket();
+            std::thread::spawn(move || {
+                let mut rng = Rng(seed ^ w.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let mut n = 0;
+                while Instant::now() < until {
+                    fuzz_connection(&socket, &mut rng);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let connections: usize = workers
+        .into_iter()
+        .map(|w| {
+            w.join()
+                .unwrap_or_else(|_| panic!("a fuzz worker failed; seed {seed}"))
+        })
+        .sum();
+    let peak = peak_rss_kib(orchd.pid());
+
+    let out = orchd.ctl(&["status"]);
+    assert!(out.status.success(), "seed {seed}: {}", text(&out.stderr));
+    assert_eq!(orchd.pid_of("api"), Some(pid), "seed {seed}");
+    assert_eq!(orchd.state("api"), "running", "seed {seed}");
+    let after = wait_rss_under(&orchd, bound, &format!("the fuzz run with seed {seed}"));
+    eprintln!(
+        "socket_fuzz: {connections} connections; RSS {start} KiB at start, peak {peak} KiB, \
+         {after} KiB after (bound {bound} KiB)"
+    );
+}
