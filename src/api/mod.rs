@@ -4,5 +4,7 @@ pub mod auth;
 pub mod client;
 pub mod dbus;
 pub mod handler;
+pub mod limits;
+pub mod lines;
 pub mod proto;
 pub mod socket;

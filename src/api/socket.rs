@@ -2,30 +2,43 @@
 //!
 //! The listener owns the socket file: it refuses to start when another orchd answers on it,
 //! replaces a stale file left by a crash, and makes it 0666 in a 0755 directory (authorization
-//! is by `SO_PEERCRED`, see `auth.rs`). Limits: [`MAX_LINE`] per request, [`MAX_CONNECTIONS`]
-//! at once, [`IDLE_TIMEOUT`] between requests.
+//! is by `SO_PEERCRED`, see `auth.rs`). Limits (docs/api.md, "Connection limits"): who may hold
+//! how many connections is `limits.rs`; each request line must arrive whole within
+//! [`REQUEST_DEADLINE`] (callers without full rights: of connecting or of the previous answer;
+//! others may idle [`ADMIN_IDLE`] first), and `lines.rs` bounds the memory a line may take.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use serde_json::Value;
+use tokio::net::unix::OwnedReadHalf;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, mpsc};
-use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec, LinesCodecError};
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedWrite, LinesCodec};
 use tokio_util::sync::CancellationToken;
 
-use super::auth::{self, Caller};
+use super::auth::{self, Caller, Rights};
 use super::handler::{self, Context};
+use super::limits::{Limits, Slot};
+use super::lines::{Deadlines, End, Line, LineReader};
 use super::proto::{ApiError, ErrorCode, MAX_LINE, Response, parse_request};
 use crate::config::ApiConfig;
 
-/// Connections served at once; more get an error and are closed.
-pub const MAX_CONNECTIONS: usize = 256;
-/// A connection with no request for this long is closed (streams are exempt).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+pub use super::limits::MAX_CONNECTIONS;
+
+/// A request line must be whole this long after its first byte; for callers without full
+/// rights, this long after connecting or after the previous answer.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// Callers with full rights may keep an idle connection open this long between requests.
+pub const ADMIN_IDLE: Duration = Duration::from_secs(300);
+/// A goodbye (refusal, deadline) to a client that does not read is given up after this.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
+/// A write buffer bigger than this is released after its response (a `logs` answer can be
+/// megabytes; the connection may then idle for minutes).
+const KEEP_WRITE_CAPACITY: usize = 64 * 1024;
 
 /// Errors binding the socket.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +98,7 @@ pub async fn serve(
     ctx: Context,
     cancel: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let limits = Limits::new();
     loop {
         let stream = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -98,82 +111,19 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(stream));
-            continue;
-        };
-        let (api, ctx, cancel) = (api.clone(), ctx.clone(), cancel.clone());
+        let (api, ctx, cancel, limits) = (api.clone(), ctx.clone(), cancel.clone(), limits.clone());
         tokio::spawn(async move {
             tokio::select! {
-                _ = connection(stream, &api, &ctx) => {}
+                _ = admit(stream, &api, &ctx, &limits) => {}
                 _ = cancel.cancelled() => {}
             }
-            drop(permit);
         });
     }
     let _ = std::fs::remove_file(&path);
 }
 
-async fn refuse(stream: UnixStream) {
-    let mut w = FramedWrite::new(stream, LinesCodec::new());
-    let e = ApiError::new(
-        ErrorCode::Unavailable,
-        format!("too many connections (limit {MAX_CONNECTIONS}); try again"),
-    );
-    let _ = send(&mut w, &Response::err(Value::Null, e)).await;
-}
-
-type Writer = FramedWrite<tokio::net::unix::OwnedWriteHalf, LinesCodec>;
-
-/// A bad line: reported to the client, and the connection goes on with the next line.
-#[derive(Debug)]
-enum BadLine {
-    TooLong,
-    NotUtf8,
-}
-
-/// `LinesCodec` with a length limit whose per-line errors are items, not stream errors (a
-/// `FramedRead` ends at its first error; one oversized request must not end the connection).
-struct RequestCodec(LinesCodec);
-
-impl tokio_util::codec::Decoder for RequestCodec {
-    type Item = Result<String, BadLine>;
-    type Error = std::io::Error;
-
-    fn decode(&mut self, buf: &mut bytes::BytesMut) -> Result<Option<Self::Item>, Self::Error> {
-        lift(self.0.decode(buf))
-    }
-
-    fn decode_eof(&mut self, buf: &mut bytes::BytesMut) -> Result<Option<Self::Item>, Self::Error> {
-        lift(self.0.decode_eof(buf))
-    }
-}
-
-fn lift(
-    r: Result<Option<String>, LinesCodecError>,
-) -> Result<Option<Result<String, BadLine>>, std::io::Error> {
-    match r {
-        Ok(line) => Ok(line.map(Ok)),
-        Err(LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Err(BadLine::TooLong))),
-        // LinesCodec has consumed the line before it checks UTF-8.
-        Err(LinesCodecError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-            Ok(Some(Err(BadLine::NotUtf8)))
-        }
-        Err(LinesCodecError::Io(e)) => Err(e),
-    }
-}
-
-async fn send(
-    w: &mut FramedWrite<impl tokio::io::AsyncWrite + Unpin, LinesCodec>,
-    r: &Response,
-) -> bool {
-    match serde_json::to_string(r) {
-        Ok(line) => w.send(line).await.is_ok(),
-        Err(_) => false,
-    }
-}
-
-async fn connection(stream: UnixStream, api: &ApiConfig, ctx: &Context) {
+/// Who is calling, and may they have a connection? Then serve it.
+async fn admit(stream: UnixStream, api: &ApiConfig, ctx: &Context, limits: &Limits) {
     let caller = match stream.peer_cred() {
         Ok(c) => Caller::from_peer(c.uid(), c.gid(), c.pid()),
         Err(e) => {
@@ -182,28 +132,124 @@ async fn connection(stream: UnixStream, api: &ApiConfig, ctx: &Context) {
         }
     };
     let rights = auth::rights(api, &caller);
+    let slot = match limits.admit(&caller, rights == Rights::All) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            tracing::warn!(uid = caller.uid, user = %caller.user, pid = ?caller.pid, reason = %refusal.0, "connection refused");
+            let (_, w) = stream.into_split();
+            let e = ApiError::new(ErrorCode::Unavailable, refusal.0);
+            farewell(&mut FramedWrite::new(w, LinesCodec::new()), e).await;
+            return;
+        }
+    };
+    connection(stream, &caller, &rights, &slot, ctx).await;
+}
+
+/// Send a last error line (bounded in time: the client may not read) before closing.
+async fn farewell(w: &mut Writer, e: ApiError) {
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, send(w, &Response::err(Value::Null, e))).await;
+}
+
+type Writer = FramedWrite<tokio::net::unix::OwnedWriteHalf, LinesCodec>;
+
+async fn send(w: &mut Writer, r: &Response) -> bool {
+    let ok = match serde_json::to_string(r) {
+        Ok(line) => w.send(line).await.is_ok(),
+        Err(_) => false,
+    };
+    if w.write_buffer().capacity() > KEEP_WRITE_CAPACITY {
+        *w.write_buffer_mut() = bytes::BytesMut::new();
+    }
+    ok
+}
+
+fn deadlines(slot: &Slot) -> Deadlines {
+    if slot.privileged() {
+        Deadlines {
+            idle: ADMIN_IDLE,
+            line: REQUEST_DEADLINE,
+            whole: ADMIN_IDLE + REQUEST_DEADLINE,
+        }
+    } else {
+        Deadlines {
+            idle: REQUEST_DEADLINE,
+            line: REQUEST_DEADLINE,
+            whole: REQUEST_DEADLINE,
+        }
+    }
+}
+
+/// The next request line, or `None` when the connection is to be closed (the client was told
+/// why where it is owed an answer).
+async fn next_line(
+    lines: &mut LineReader<OwnedReadHalf>,
+    w: &mut Writer,
+    caller: &Caller,
+    slot: &Slot,
+) -> Option<String> {
+    let message = match lines.next_line(deadlines(slot), slot).await {
+        Ok(Line::Text(line)) => return Some(line),
+        Ok(Line::TooLong) => format!("request line longer than {MAX_LINE} bytes"),
+        Ok(Line::NotUtf8) => "bad JSON: request line is not valid UTF-8".to_owned(),
+        Err(end) => {
+            ended(end, w, caller).await;
+            return None;
+        }
+    };
+    let e = ApiError::new(ErrorCode::BadRequest, message);
+    // Answered; the connection goes on with the next line.
+    if send(w, &Response::err(Value::Null, e)).await {
+        Some(String::new())
+    } else {
+        None
+    }
+}
+
+/// Tell the client why its connection is closed, where there is something to tell.
+async fn ended(end: End, w: &mut Writer, caller: &Caller) {
+    let e = match end {
+        End::Closed | End::Io(_) | End::Idle => return,
+        End::Late { received, limit } => {
+            tracing::info!(uid = caller.uid, user = %caller.user, pid = ?caller.pid, received, "request line not complete in time; closing the connection");
+            ApiError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "request line not complete within {} ({received} bytes received, no newline); \
+                     send each request as one line at once; closing the connection",
+                    humantime::format_duration(limit)
+                ),
+            )
+        }
+        End::Evicted { received } => {
+            tracing::warn!(uid = caller.uid, user = %caller.user, pid = ?caller.pid, received, "partial request dropped: unprivileged buffer budget exceeded");
+            ApiError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "request dropped: unfinished request lines of users without full rights \
+                     hold more than {} MiB together, and this one was the largest ({received} \
+                     bytes, no newline yet); send each request as one line at once; closing the \
+                     connection",
+                    super::limits::UNPRIVILEGED_BUFFER_BUDGET / (1024 * 1024)
+                ),
+            )
+        }
+    };
+    farewell(w, e).await;
+}
+
+async fn connection(
+    stream: UnixStream,
+    caller: &Caller,
+    rights: &Rights,
+    slot: &Slot,
+    ctx: &Context,
+) {
     let (r, w) = stream.into_split();
-    let mut lines = FramedRead::new(r, RequestCodec(LinesCodec::new_with_max_length(MAX_LINE)));
+    let mut lines = LineReader::new(r);
     let mut w: Writer = FramedWrite::new(w, LinesCodec::new());
     loop {
-        let next = match tokio::time::timeout(IDLE_TIMEOUT, lines.next()).await {
-            Err(_) | Ok(None) => return,
-            Ok(Some(next)) => next,
-        };
-        let line = match next {
-            Ok(Ok(line)) => line,
-            Ok(Err(bad)) => {
-                let message = match bad {
-                    BadLine::TooLong => format!("request line longer than {MAX_LINE} bytes"),
-                    BadLine::NotUtf8 => "bad JSON: request line is not valid UTF-8".to_owned(),
-                };
-                let e = ApiError::new(ErrorCode::BadRequest, message);
-                if !send(&mut w, &Response::err(Value::Null, e)).await {
-                    return;
-                }
-                continue;
-            }
-            Err(_) => return,
+        let Some(line) = next_line(&mut lines, &mut w, caller, slot).await else {
+            return;
         };
         if line.trim().is_empty() {
             continue;
@@ -217,7 +263,8 @@ async fn connection(stream: UnixStream, api: &ApiConfig, ctx: &Context) {
                 continue;
             }
         };
-        if let Err(e) = rights.check(&req.command, &caller) {
+        drop(line);
+        if let Err(e) = rights.check(&req.command, caller) {
             tracing::warn!(uid = caller.uid, user = %caller.user, pid = ?caller.pid, cmd = req.command.name(), "permission denied");
             if !send(&mut w, &Response::err(req.id, e)).await {
                 return;
@@ -229,7 +276,7 @@ async fn connection(stream: UnixStream, api: &ApiConfig, ctx: &Context) {
         }
         let streaming = handler::is_streaming(&req.command);
         let (ptx, mut prx) = mpsc::channel::<Value>(64);
-        let fut = handler::execute(ctx, &rights, &caller, req.command, ptx);
+        let fut = handler::execute(ctx, rights, caller, req.command, ptx);
         tokio::pin!(fut);
         let result = loop {
             tokio::select! {
@@ -240,7 +287,7 @@ async fn connection(stream: UnixStream, api: &ApiConfig, ctx: &Context) {
                     }
                 }
                 // A streaming client ends the stream by closing (or by sending anything).
-                _ = lines.next(), if streaming => return,
+                () = lines.input(), if streaming => return,
             }
         };
         while let Ok(p) = prx.try_recv() {

@@ -20,4 +20,5 @@ mod metrics;
 mod packaging;
 mod proxy;
 mod receiver;
+mod socket_hardening;
 mod stub;
