@@ -748,6 +748,8 @@ struct Outgoing {
 enum Refusal {
     NoRelease,
     BadTarget,
+    /// A transfer coding other than `chunked` alone (docs/smuggling.md).
+    UnknownCoding,
 }
 
 impl Refusal {
@@ -758,8 +760,44 @@ impl Refusal {
                 "no release of this service is running\n",
             ),
             Refusal::BadTarget => plain(StatusCode::BAD_REQUEST, "bad request target\n"),
+            Refusal::UnknownCoding => closing(plain(
+                StatusCode::NOT_IMPLEMENTED,
+                "unsupported Transfer-Encoding: send the body with chunked alone, or with Content-Length\n",
+            )),
         }
     }
+}
+
+/// `resp`, after which the client connection is closed: the rest of what the client sent
+/// cannot be told from a next request.
+fn closing(mut resp: Response<Body>) -> Response<Body> {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Whether a message's Transfer-Encoding is anything but one `chunked` coding. hyper frames a
+/// request by its last coding, and orchd passes the body on dechunked: a coding before it
+/// (`gzip, chunked`) or a second `chunked` would be lost on the way, and the backend would take
+/// the bytes for what they are not. nginx answers 501 too.
+fn unknown_coding(headers: &http::HeaderMap) -> bool {
+    let mut fields = headers.get_all(header::TRANSFER_ENCODING).iter();
+    let Some(first) = fields.next() else {
+        return false;
+    };
+    let mut codings = tokens(first.as_bytes());
+    let one_chunked = codings
+        .next()
+        .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+    !(one_chunked && codings.next().is_none() && fields.next().is_none())
+}
+
+/// Whether hyper's client failed because the client's request body did (a malformed chunk, a
+/// connection closed mid-body): the client's fault, answered with 400, not the backend's.
+fn request_body_failed(e: &hyper_util::client::legacy::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<hyper::Error>())
+        .is_some_and(|h| h.is_user() && std::error::Error::source(h).is_some())
 }
 
 /// The request rewritten for the active backend and hyper's client (absolute URI, `Host` kept
@@ -771,6 +809,9 @@ fn prepare(mut req: Request<Incoming>, conn: &Arc<ClientConn>) -> Result<Outgoin
     let Some(backend) = conn.backend() else {
         return Err(Refusal::NoRelease);
     };
+    if unknown_coding(req.headers()) {
+        return Err(Refusal::UnknownCoding);
+    }
     let guard = OpenGuard::new(GuardOwner::Conn(conn.clone()), backend.slot);
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -891,7 +932,17 @@ async fn forward_pooled(req: Request<Incoming>, conn: Arc<ClientConn>) -> Respon
     };
     // The pool's handle is dropped before the wait, not kept in this future.
     let pending = client().request(req);
-    let first = pending.await.map_err(|e| e.to_string());
+    let first = match pending.await {
+        Ok(resp) => Ok(resp),
+        Err(e) if request_body_failed(&e) => {
+            tracing::info!(service = %conn.ctx.service, peer = %conn.peer, error = %e, "malformed request body from a client");
+            return closing(plain(
+                StatusCode::BAD_REQUEST,
+                "malformed or incomplete request body\n",
+            ));
+        }
+        Err(e) => Err(e.to_string()),
+    };
     let ctx: &Ctx = &conn.ctx;
     let mut resp = match first {
         Ok(r) if template.is_none() || !ctx.stats.guarded.load(Ordering::Relaxed) => r,

@@ -19,4 +19,5 @@ mod metrics;
 mod packaging;
 mod proxy;
 mod receiver;
+mod smuggling;
 mod stub;
