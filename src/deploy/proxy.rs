@@ -39,7 +39,7 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::upstream::{ResponseBody, Upstream, is_hop_by_hop, tokens};
+use super::upstream::{ResponseBody, Upstream, UpstreamError, is_hop_by_hop, tokens};
 use crate::config::ProxyMode;
 
 /// What a body's failure is passed on as.
@@ -568,7 +568,7 @@ async fn send_lean(
     head: &[u8],
     idempotent: bool,
     head_request: bool,
-) -> Result<Response<Body>, String> {
+) -> Result<Response<Body>, UpstreamError> {
     if let Some(up) = conn.take_upstream(backend) {
         if up.still_open() {
             match up.send(head, head_request).await {
@@ -576,18 +576,13 @@ async fn send_lean(
                 // The backend closed its kept connection as the request went out (its
                 // keep-alive timeout, say): once more on a new connection, if that is safe.
                 Err(e) if e.unsent() || (idempotent && e.before_response()) => {}
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e),
             }
         }
     }
     // Boxed: connecting happens once per client connection, not per request.
-    let up = Box::pin(Upstream::connect(backend.addr, CONNECT_TIMEOUT))
-        .await
-        .map_err(|e| e.to_string())?;
-    let resp = up
-        .send(head, head_request)
-        .await
-        .map_err(|e| e.to_string())?;
+    let up = Box::pin(Upstream::connect(backend.addr, CONNECT_TIMEOUT)).await?;
+    let resp = up.send(head, head_request).await?;
     Ok(conn.answer(backend, resp))
 }
 
@@ -893,12 +888,16 @@ async fn forward_lean(req: Request<Incoming>, conn: Arc<ClientConn>) -> Response
     // failure, or a small response, goes through the retries.
     let resp = match first {
         Ok(r) if !idempotent || !ctx.stats.guarded.load(Ordering::Relaxed) => r,
-        Err(e) if !idempotent => {
+        Err(e) if !idempotent || e.refused_answer() => {
             tracing::warn!(service = %ctx.service, backend = %backend.addr, error = %e, "proxy request failed");
             return bad_gateway();
         }
         first => {
-            let again = |b| send_lean(&conn, b, &head, true, head_request);
+            let first = first.map_err(|e| e.to_string());
+            let again = |b| {
+                let sent = send_lean(&conn, b, &head, true, head_request);
+                async move { sent.await.map_err(|e| e.to_string()) }
+            };
             // Boxed: the retry path's state (a switch wait, a buffered body) would otherwise
             // be part of every request's future.
             match Box::pin(with_retries(ctx, backend, first, again)).await {
@@ -991,6 +990,9 @@ async fn forward_pooled(req: Request<Incoming>, conn: Arc<ClientConn>) -> Respon
             let (parts, _) = resp.into_parts();
             return Response::from_parts(parts, Body::Empty);
         }
+        // A switch the client never asked for: what follows is no HTTP the client expects.
+        tracing::warn!(service = %ctx.service, backend = %backend.addr, "the service switched protocols without being asked to; answering 502");
+        return bad_gateway();
     }
     guarded(resp.map(Body::streamed), guard)
 }
@@ -1061,9 +1063,33 @@ async fn buffer_small(resp: Response<Body>) -> Result<Response<Body>, String> {
     Ok(Response::from_parts(parts, Body::full(bytes)))
 }
 
+/// A response of hyper's client as the proxy passes it on (docs/smuggling.md): hop-by-hop
+/// fields dropped, and framed as orchd's own client frames one. hyper's client accepts
+/// what orchd's refuses, or passes on what would frame the client's copy differently:
+/// a transfer coding other than `chunked` alone (read to the close and passed on still
+/// encoded, its coding dropped) is a 502; a Content-Length next to chunked, or listed
+/// ("2, 2", which hyper has checked are equal), would reach the client as it came.
 fn guarded(resp: Response<Body>, guard: OpenGuard) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    let headers = &mut parts.headers;
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        if unknown_coding(headers) {
+            tracing::warn!(status = %parts.status, "the service answered with a Transfer-Encoding other than chunked; answering 502");
+            return bad_gateway();
+        }
+        headers.remove(header::CONTENT_LENGTH);
+    } else if let Some(length) = headers.get(header::CONTENT_LENGTH) {
+        let plain = headers.get_all(header::CONTENT_LENGTH).iter().count() == 1
+            && length.as_bytes().iter().all(u8::is_ascii_digit);
+        if !plain {
+            let first = tokens(length.as_bytes()).next().map(<[u8]>::to_vec);
+            headers.remove(header::CONTENT_LENGTH);
+            if let Some(v) = first.and_then(|v| HeaderValue::from_bytes(&v).ok()) {
+                headers.insert(header::CONTENT_LENGTH, v);
+            }
+        }
+    }
+    strip_hop_by_hop(headers);
     Response::from_parts(parts, body.with_guard(guard))
 }
 

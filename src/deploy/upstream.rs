@@ -74,6 +74,17 @@ impl UpstreamError {
     pub fn before_response(&self) -> bool {
         matches!(self, UpstreamError::Unsent(_) | UpstreamError::Closed)
     }
+
+    /// The backend answered, with a head orchd refuses: asking again would only get the same
+    /// answer (and act on the request again), so it is not retried.
+    pub fn refused_answer(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Malformed(_)
+                | UpstreamError::HeadTooLarge
+                | UpstreamError::UnaskedUpgrade
+        )
+    }
 }
 
 /// An HTTP/1.1 connection to a backend, with what was read past the last response.

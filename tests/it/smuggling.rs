@@ -229,10 +229,13 @@ struct Seen {
     errors: Vec<String>,
 }
 
+/// A scripted answer, and whether the backend closes the connection after it.
+type Script = (&'static [u8], bool);
+
 /// The recording backend: parses requests strictly and answers each with 200 and
 /// "METHOD TARGET body=BODY". `/early` is answered as soon as its head is in, before its body.
 /// Any other target answers with `response`, when given (`/probe` never).
-fn recording_backend(response: Option<&'static [u8]>) -> (SocketAddr, Arc<Mutex<Seen>>) {
+fn recording_backend(response: Option<Script>) -> (SocketAddr, Arc<Mutex<Seen>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -246,7 +249,7 @@ fn recording_backend(response: Option<&'static [u8]>) -> (SocketAddr, Arc<Mutex<
     (addr, seen)
 }
 
-fn backend_connection(mut conn: TcpStream, response: Option<&[u8]>, seen: &Mutex<Seen>) {
+fn backend_connection(mut conn: TcpStream, response: Option<Script>, seen: &Mutex<Seen>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let mut answered_early = false;
@@ -261,20 +264,20 @@ fn backend_connection(mut conn: TcpStream, response: Option<&[u8]>, seen: &Mutex
                 );
                 seen.lock().unwrap().requests.push(text.clone());
                 buf.drain(..used);
-                let answer = match response {
-                    Some(r) if target != "/probe" => r.to_vec(),
+                let (answer, close) = match response {
+                    Some((r, close)) if target != "/probe" => (r.to_vec(), close),
                     _ => {
                         let mut a =
                             format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", text.len())
                                 .into_bytes();
                         a.extend_from_slice(text.as_bytes());
-                        a
+                        (a, false)
                     }
                 };
                 if std::mem::take(&mut answered_early) {
                     continue;
                 }
-                if conn.write_all(&answer).is_err() {
+                if conn.write_all(&answer).is_err() || close {
                     return;
                 }
                 continue;
@@ -390,8 +393,18 @@ fn read_responses(
 
 /// A probe on the same connection: proves the proxy and the backend still agree on where
 /// each message begins (it gets its own answer, not a leftover).
-const PROBE: &[u8] = b"GET /probe HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
-const PROBE_ANSWER: &str = "GET /probe body=";
+/// A probe request and its answer.
+type Probe = (&'static [u8], &'static str);
+/// One without a body (orchd's own client serves it).
+const PROBE: Probe = (
+    b"GET /probe HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    "GET /probe body=",
+);
+/// One with a body (hyper's client serves it).
+const POST_PROBE: Probe = (
+    b"POST /probe HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+    "POST /probe body=x",
+);
 
 /// What the client must get for a row: these responses, then the connection closed
 /// (`Closed`) or still in step (`Open`: the probe is answered in turn).
@@ -409,6 +422,7 @@ fn exchange(
     then: Option<&[u8]>,
     expect: &[Got],
     after: After,
+    probe: Probe,
 ) -> Result<(), String> {
     let mut c = TcpStream::connect(front).unwrap();
     c.write_all(input).unwrap();
@@ -424,7 +438,7 @@ fn exchange(
     got.extend(rest);
     if after == After::Open && !closed {
         // A write may fail if the proxy closed meanwhile: that shows in what is read.
-        let _ = c.write_all(PROBE);
+        let _ = c.write_all(probe.0);
     }
     let (rest, eof) =
         read_responses(&mut c, None, &mut buf).map_err(|e| format!("after {got:?}: {e}"))?;
@@ -438,14 +452,16 @@ fn exchange(
         })
         .collect();
     if after == After::Open {
-        wanted.push(Got::Answer(200, PROBE_ANSWER.into()));
+        wanted.push(Got::Answer(200, probe.1.into()));
     }
-    let same = got.len() == wanted.len()
-        && got.iter().zip(&wanted).all(|(g, w)| match (g, w) {
-            // "*": any body (orchd's or hyper's own text for a refusal).
-            (Got::Answer(s, _), Got::Answer(t, b)) if b == "*" => s == t,
-            _ => g == w,
-        });
+    let dropped = wanted == [Got::Cut(0)] && (got.is_empty() || matches!(got[..], [Got::Cut(_)]));
+    let same = dropped
+        || got.len() == wanted.len()
+            && got.iter().zip(&wanted).all(|(g, w)| match (g, w) {
+                // "*": any body (orchd's or hyper's own text for a refusal).
+                (Got::Answer(s, _), Got::Answer(t, b)) if b == "*" => s == t,
+                _ => g == w,
+            });
     if !same {
         return Err(format!("got {got:?}, want {wanted:?}"));
     }
@@ -479,10 +495,10 @@ fn run_rows(rows: Vec<Row>, front: SocketAddr, seen: &Mutex<Seen>) {
     let mut failures = Vec::new();
     for row in rows {
         let before = seen.lock().unwrap().requests.len();
-        let mut result = exchange(front, row.input, row.then, &row.expect, row.after);
+        let mut result = exchange(front, row.input, row.then, &row.expect, row.after, PROBE);
         let mut want: Vec<String> = row.backend.iter().map(|s| s.to_string()).collect();
         if row.after == After::Open {
-            want.push(PROBE_ANSWER.into());
+            want.push(PROBE.1.into());
         }
         let got = seen.lock().unwrap().requests[before..].to_vec();
         let errors = std::mem::take(&mut seen.lock().unwrap().errors);
@@ -810,5 +826,227 @@ fn hostile_requests_are_refused_or_passed_on_with_one_meaning() {
             .any(|r| r.split(' ').nth(1) == Some("/smuggled")),
         "a smuggled request reached the backend: {:?}",
         seen.requests
+    );
+}
+
+/// The connection closed with a response cut short, or before any of it: a body that
+/// turns out malformed after its head was passed on. (Which one depends on whether the
+/// proxy had written the head when the bad bytes came.)
+fn dropped() -> Got {
+    Got::Cut(0)
+}
+
+/// One hostile response and what the client must get for it, through both of the proxy's
+/// clients: orchd's own (a request without a body) and hyper's (a request with one).
+struct ResponseRow {
+    what: &'static str,
+    response: &'static [u8],
+    /// The backend closes the connection after it.
+    close: bool,
+    expect: Got,
+    after: After,
+}
+
+fn response_row(
+    what: &'static str,
+    response: &'static [u8],
+    expect: Got,
+    after: After,
+) -> ResponseRow {
+    ResponseRow {
+        what,
+        response,
+        close: false,
+        expect,
+        after,
+    }
+}
+
+#[test]
+fn hostile_responses_are_refused_or_passed_on_with_one_meaning() {
+    use After::*;
+    let long_extension: &'static [u8] = format!(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;{}\r\nhello\r\n0\r\n\r\n",
+        "x".repeat(20_000)
+    )
+    .into_bytes()
+    .leak();
+    let chunked_head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let bad_chunks = [
+        "10000000000000001\r\nx\r\n0\r\n\r\n",
+        "+2\r\nhi\r\n0\r\n\r\n",
+        "-2\r\nhi\r\n0\r\n\r\n",
+        "0x2\r\nhi\r\n0\r\n\r\n",
+        "2;a\nb\r\nhi\r\n0\r\n\r\n",
+        "2\r\nhiXX0\r\n\r\n",
+        "2\nhi\r\n0\r\n\r\n",
+    ];
+    let mut rows = vec![
+        response_row(
+            "Content-Length and Transfer-Encoding",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+            ok("hi"),
+            Open,
+        ),
+        response_row("Content-Length: 2, 2", b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nhi", ok("hi"), Open),
+        response_row(
+            "Content-Length 2 twice",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi",
+            ok("hi"),
+            Open,
+        ),
+        response_row("Content-Length: 2, 3", b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\nhi!", refused(502), Open),
+        response_row(
+            "Content-Length 2 and 3",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nhi!",
+            refused(502),
+            Open,
+        ),
+        response_row("Content-Length: +2", b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nhi", refused(502), Open),
+        response_row("Content-Length: -1", b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nhi", refused(502), Open),
+        response_row("Content-Length: 0x2", b"HTTP/1.1 200 OK\r\nContent-Length: 0x2\r\n\r\nhi", refused(502), Open),
+        ResponseRow {
+            what: "Transfer-Encoding: chunked, identity",
+            response: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, identity\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+            close: true,
+            expect: refused(502),
+            after: Open,
+        },
+        response_row(
+            "Transfer-Encoding: identity, chunked",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity, chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+            refused(502),
+            Open,
+        ),
+        ResponseRow {
+            what: "Transfer-Encoding: gzip",
+            response: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nhi",
+            close: true,
+            expect: refused(502),
+            after: Open,
+        },
+        response_row(
+            "Transfer-Encoding chunked twice",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+            refused(502),
+            Open,
+        ),
+        response_row(
+            "Transfer-Encoding: chunked in HTTP/1.0",
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+            refused(502),
+            Open,
+        ),
+        response_row("obs-fold", b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 2\r\n\r\nhi", refused(502), Open),
+        response_row(
+            "space before the colon",
+            b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nhi",
+            refused(502),
+            Open,
+        ),
+        response_row("NUL in a value", b"HTTP/1.1 200 OK\r\nX-A: a\0b\r\nContent-Length: 2\r\n\r\nhi", refused(502), Open),
+        response_row(
+            "control byte in a value",
+            b"HTTP/1.1 200 OK\r\nX-A: a\x01b\r\nContent-Length: 2\r\n\r\nhi",
+            refused(502),
+            Open,
+        ),
+        response_row("NUL in a name", b"HTTP/1.1 200 OK\r\nX\0A: b\r\nContent-Length: 2\r\n\r\nhi", refused(502), Open),
+        response_row("NUL in the reason", b"HTTP/1.1 200 O\0K\r\nContent-Length: 2\r\n\r\nhi", refused(502), Open),
+        response_row("a four-digit status", b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nhi", refused(502), Open),
+        response_row("bare LF line endings", b"HTTP/1.1 200 OK\nContent-Length: 2\n\nhi", ok("hi"), Open),
+        response_row(
+            "chunk extensions",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;a=b;c\r\nhi\r\n1;q=\"x;y\"\r\n!\r\n0;end\r\n\r\n",
+            ok("hi!"),
+            Open,
+        ),
+        response_row("a 20 KB chunk extension", long_extension, dropped(), Closed),
+        response_row(
+            "trailers",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-T: 1\r\nContent-Length: 9\r\n\r\n",
+            ok("hi"),
+            Open,
+        ),
+        response_row(
+            "HTTP/1.0 keep-alive",
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nhi",
+            ok("hi"),
+            Open,
+        ),
+        response_row("HTTP/1.0 without keep-alive", b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi", ok("hi"), Open),
+        ResponseRow {
+            what: "a body until the close",
+            response: b"HTTP/1.1 200 OK\r\n\r\nuntil the close",
+            close: true,
+            expect: ok("until the close"),
+            after: Open,
+        },
+        response_row(
+            "a second response after the body",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled",
+            ok("hi"),
+            Open,
+        ),
+        response_row(
+            "a body after a 204",
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 8\r\n\r\nsmuggled",
+            Got::Answer(204, String::new()),
+            Open,
+        ),
+        response_row(
+            "interim answers",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+            ok("hi"),
+            Open,
+        ),
+        response_row(
+            "an upgrade nobody asked for",
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n",
+            refused(502),
+            Open,
+        ),
+        ResponseRow {
+            what: "a body cut short",
+            response: b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhi",
+            close: true,
+            expect: dropped(),
+            after: Closed,
+        },
+    ];
+    for chunk in bad_chunks {
+        let response = format!("{chunked_head}{chunk}").into_bytes().leak();
+        rows.push(response_row(chunk, response, dropped(), Closed));
+    }
+    let (_, seen) = recording_backend(None);
+    let (_rt, proxy) = proxy_to(SocketAddr::from(([127, 0, 0, 1], 9)));
+    let mut failures = Vec::new();
+    for row in rows {
+        let (backend, _) = recording_backend(Some((row.response, row.close)));
+        proxy.switch(Some(Backend {
+            slot: 0,
+            addr: backend,
+        }));
+        let lean = b"GET /r HTTP/1.1\r\nHost: t\r\n\r\n";
+        let pooled = b"POST /r HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx";
+        for (path, request, probe) in [
+            ("no body", &lean[..], PROBE),
+            ("a body", &pooled[..], POST_PROBE),
+        ] {
+            let expect = [match &row.expect {
+                Got::Answer(s, b) => Got::Answer(*s, b.clone()),
+                Got::Cut(s) => Got::Cut(*s),
+            }];
+            if let Err(e) = exchange(proxy.listen, request, None, &expect, row.after, probe) {
+                failures.push(format!("{:?} (request with {path}): {e}", row.what));
+            }
+        }
+    }
+    drop(seen);
+    assert!(
+        failures.is_empty(),
+        "{} rows failed:\n{}",
+        failures.len(),
+        failures.join("\n")
     );
 }
