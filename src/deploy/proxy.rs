@@ -39,7 +39,7 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::upstream::{ResponseBody, Upstream, is_hop_by_hop, tokens};
+use super::upstream::{ResponseBody, Upstream, UpstreamError, is_hop_by_hop, tokens};
 use crate::config::ProxyMode;
 
 /// What a body's failure is passed on as.
@@ -568,7 +568,7 @@ async fn send_lean(
     head: &[u8],
     idempotent: bool,
     head_request: bool,
-) -> Result<Response<Body>, String> {
+) -> Result<Response<Body>, UpstreamError> {
     if let Some(up) = conn.take_upstream(backend) {
         if up.still_open() {
             match up.send(head, head_request).await {
@@ -576,18 +576,13 @@ async fn send_lean(
                 // The backend closed its kept connection as the request went out (its
                 // keep-alive timeout, say): once more on a new connection, if that is safe.
                 Err(e) if e.unsent() || (idempotent && e.before_response()) => {}
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e),
             }
         }
     }
     // Boxed: connecting happens once per client connection, not per request.
-    let up = Box::pin(Upstream::connect(backend.addr, CONNECT_TIMEOUT))
-        .await
-        .map_err(|e| e.to_string())?;
-    let resp = up
-        .send(head, head_request)
-        .await
-        .map_err(|e| e.to_string())?;
+    let up = Box::pin(Upstream::connect(backend.addr, CONNECT_TIMEOUT)).await?;
+    let resp = up.send(head, head_request).await?;
     Ok(conn.answer(backend, resp))
 }
 
@@ -748,6 +743,8 @@ struct Outgoing {
 enum Refusal {
     NoRelease,
     BadTarget,
+    /// A transfer coding other than `chunked` alone (docs/smuggling.md).
+    UnknownCoding,
 }
 
 impl Refusal {
@@ -758,8 +755,44 @@ impl Refusal {
                 "no release of this service is running\n",
             ),
             Refusal::BadTarget => plain(StatusCode::BAD_REQUEST, "bad request target\n"),
+            Refusal::UnknownCoding => closing(plain(
+                StatusCode::NOT_IMPLEMENTED,
+                "unsupported Transfer-Encoding: send the body with chunked alone, or with Content-Length\n",
+            )),
         }
     }
+}
+
+/// `resp`, after which the client connection is closed: the rest of what the client sent
+/// cannot be told from a next request.
+fn closing(mut resp: Response<Body>) -> Response<Body> {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Whether a message's Transfer-Encoding is anything but one `chunked` coding. hyper frames a
+/// request by its last coding, and orchd passes the body on dechunked: a coding before it
+/// (`gzip, chunked`) or a second `chunked` would be lost on the way, and the backend would take
+/// the bytes for what they are not. nginx answers 501 too.
+fn unknown_coding(headers: &http::HeaderMap) -> bool {
+    let mut fields = headers.get_all(header::TRANSFER_ENCODING).iter();
+    let Some(first) = fields.next() else {
+        return false;
+    };
+    let mut codings = tokens(first.as_bytes());
+    let one_chunked = codings
+        .next()
+        .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+    !(one_chunked && codings.next().is_none() && fields.next().is_none())
+}
+
+/// Whether hyper's client failed because the client's request body did (a malformed chunk, a
+/// connection closed mid-body): the client's fault, answered with 400, not the backend's.
+fn request_body_failed(e: &hyper_util::client::legacy::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<hyper::Error>())
+        .is_some_and(|h| h.is_user() && std::error::Error::source(h).is_some())
 }
 
 /// The request rewritten for the active backend and hyper's client (absolute URI, `Host` kept
@@ -771,6 +804,9 @@ fn prepare(mut req: Request<Incoming>, conn: &Arc<ClientConn>) -> Result<Outgoin
     let Some(backend) = conn.backend() else {
         return Err(Refusal::NoRelease);
     };
+    if unknown_coding(req.headers()) {
+        return Err(Refusal::UnknownCoding);
+    }
     let guard = OpenGuard::new(GuardOwner::Conn(conn.clone()), backend.slot);
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -852,12 +888,16 @@ async fn forward_lean(req: Request<Incoming>, conn: Arc<ClientConn>) -> Response
     // failure, or a small response, goes through the retries.
     let resp = match first {
         Ok(r) if !idempotent || !ctx.stats.guarded.load(Ordering::Relaxed) => r,
-        Err(e) if !idempotent => {
+        Err(e) if !idempotent || e.refused_answer() => {
             tracing::warn!(service = %ctx.service, backend = %backend.addr, error = %e, "proxy request failed");
             return bad_gateway();
         }
         first => {
-            let again = |b| send_lean(&conn, b, &head, true, head_request);
+            let first = first.map_err(|e| e.to_string());
+            let again = |b| {
+                let sent = send_lean(&conn, b, &head, true, head_request);
+                async move { sent.await.map_err(|e| e.to_string()) }
+            };
             // Boxed: the retry path's state (a switch wait, a buffered body) would otherwise
             // be part of every request's future.
             match Box::pin(with_retries(ctx, backend, first, again)).await {
@@ -891,7 +931,17 @@ async fn forward_pooled(req: Request<Incoming>, conn: Arc<ClientConn>) -> Respon
     };
     // The pool's handle is dropped before the wait, not kept in this future.
     let pending = client().request(req);
-    let first = pending.await.map_err(|e| e.to_string());
+    let first = match pending.await {
+        Ok(resp) => Ok(resp),
+        Err(e) if request_body_failed(&e) => {
+            tracing::info!(service = %conn.ctx.service, peer = %conn.peer, error = %e, "malformed request body from a client");
+            return closing(plain(
+                StatusCode::BAD_REQUEST,
+                "malformed or incomplete request body\n",
+            ));
+        }
+        Err(e) => Err(e.to_string()),
+    };
     let ctx: &Ctx = &conn.ctx;
     let mut resp = match first {
         Ok(r) if template.is_none() || !ctx.stats.guarded.load(Ordering::Relaxed) => r,
@@ -940,6 +990,9 @@ async fn forward_pooled(req: Request<Incoming>, conn: Arc<ClientConn>) -> Respon
             let (parts, _) = resp.into_parts();
             return Response::from_parts(parts, Body::Empty);
         }
+        // A switch the client never asked for: what follows is no HTTP the client expects.
+        tracing::warn!(service = %ctx.service, backend = %backend.addr, "the service switched protocols without being asked to; answering 502");
+        return bad_gateway();
     }
     guarded(resp.map(Body::streamed), guard)
 }
@@ -1010,9 +1063,33 @@ async fn buffer_small(resp: Response<Body>) -> Result<Response<Body>, String> {
     Ok(Response::from_parts(parts, Body::full(bytes)))
 }
 
+/// A response of hyper's client as the proxy passes it on (docs/smuggling.md): hop-by-hop
+/// fields dropped, and framed as orchd's own client frames one. hyper's client accepts
+/// what orchd's refuses, or passes on what would frame the client's copy differently:
+/// a transfer coding other than `chunked` alone (read to the close and passed on still
+/// encoded, its coding dropped) is a 502; a Content-Length next to chunked, or listed
+/// ("2, 2", which hyper has checked are equal), would reach the client as it came.
 fn guarded(resp: Response<Body>, guard: OpenGuard) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    let headers = &mut parts.headers;
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        if unknown_coding(headers) {
+            tracing::warn!(status = %parts.status, "the service answered with a Transfer-Encoding other than chunked; answering 502");
+            return bad_gateway();
+        }
+        headers.remove(header::CONTENT_LENGTH);
+    } else if let Some(length) = headers.get(header::CONTENT_LENGTH) {
+        let plain = headers.get_all(header::CONTENT_LENGTH).iter().count() == 1
+            && length.as_bytes().iter().all(u8::is_ascii_digit);
+        if !plain {
+            let first = tokens(length.as_bytes()).next().map(<[u8]>::to_vec);
+            headers.remove(header::CONTENT_LENGTH);
+            if let Some(v) = first.and_then(|v| HeaderValue::from_bytes(&v).ok()) {
+                headers.insert(header::CONTENT_LENGTH, v);
+            }
+        }
+    }
+    strip_hop_by_hop(headers);
     Response::from_parts(parts, body.with_guard(guard))
 }
 

@@ -21,4 +21,5 @@ mod packaging;
 mod proxy;
 mod receiver;
 mod socket_hardening;
+mod smuggling;
 mod stub;
