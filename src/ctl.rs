@@ -53,7 +53,17 @@ impl Output {
             return;
         }
         match cmd {
-            "status" => print!("{}", self.status_table(v)),
+            "status" => {
+                print!("{}", self.status_table(v));
+                for t in v
+                    .get("orchd_troubles")
+                    .cloned()
+                    .and_then(|t| serde_json::from_value::<Vec<crate::guard::PartTrouble>>(t).ok())
+                    .unwrap_or_default()
+                {
+                    println!("{} {t}", self.paint("orchd:", "failed"));
+                }
+            }
             "start" | "stop" | "restart" | "reset" => print!("{}", self.status_table(v)),
             "logs" => {
                 for l in v

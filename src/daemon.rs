@@ -46,6 +46,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     UnsafeDir(#[from] crate::state::DirError),
+    #[error("orchd's manager crashed ({0}); every service was stopped")]
+    ManagerCrashed(String),
     #[error("cannot start the spawner/reaper threads: {0}")]
     Threads(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
@@ -95,15 +97,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     let spawner = Spawner::start().map_err(DaemonError::Threads)?;
     let bus = EventBus::new(1024);
-    let events = EventLog::spawn(&bus, 1000);
+    let parts = crate::guard::Parts::default();
+    let events = EventLog::spawn(&bus, 1000, parts.clone());
     let shared = Shared {
-        probes: ProbeClients::new(spawner.clone()),
+        probes: ProbeClients::new(spawner.clone(), parts.clone()),
         spawner,
         cgroups: cgroups.clone(),
         bus: bus.clone(),
         daemon_id: id,
         journal: Journal::detect(),
         env: ServiceEnv::new(&config.daemon.secret_env_names()),
+        parts: parts.clone(),
     };
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -114,7 +118,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let metrics = config.daemon.metrics.clone().map(|m| {
         (
             m.listen,
-            crate::metrics::spawn_counters(&bus, cancel.child_token()),
+            crate::metrics::spawn_counters(&bus, cancel.child_token(), parts.clone()),
         )
     });
     let (alerts_config, units) = (config.daemon.alerts.clone(), config.units.clone());
@@ -137,6 +141,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         alert_commands,
         cancel.child_token(),
         &tracker,
+        parts.clone(),
     );
 
     let ctx = Context {
@@ -144,9 +149,21 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         bus,
         events,
         alerts,
+        parts: parts.clone(),
     };
     if api.dbus != DbusMode::Off {
-        tracker.spawn(dbus::serve(api.clone(), ctx.clone(), cancel.child_token()));
+        let (api, ctx, parts, cancel) = (
+            api.clone(),
+            ctx.clone(),
+            parts.clone(),
+            cancel.child_token(),
+        );
+        tracker.spawn(async move {
+            crate::guard::restarting("d-bus", parts, cancel.clone(), &mut (), |_| {
+                Box::pin(dbus::serve(api.clone(), ctx.clone(), cancel.clone()))
+            })
+            .await;
+        });
     }
     if let Some((listen, counters)) = metrics {
         serve_metrics(
@@ -155,27 +172,60 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             counters,
             cancel.child_token(),
             &tracker,
+            parts.clone(),
         )
         .await;
     }
     let server_cancel = cancel.child_token();
-    tracker.spawn(socket::serve(
-        listener,
-        socket_path,
-        api,
-        ctx,
-        server_cancel,
-    ));
+    let socket_parts = parts.clone();
+    tracker.spawn(async move {
+        let mut listener = listener;
+        crate::guard::restarting(
+            "api socket",
+            socket_parts,
+            server_cancel.clone(),
+            &mut listener,
+            |l| {
+                let (p, a, c, k) = (
+                    socket_path.clone(),
+                    api.clone(),
+                    ctx.clone(),
+                    server_cancel.clone(),
+                );
+                Box::pin(async move { socket::serve(l, p, a, c, k).await })
+            },
+        )
+        .await;
+    });
 
     tokio::spawn(notify_ready(manager.clone()));
     if let Some(period) = watchdog_period() {
         tokio::spawn(watchdog(manager.clone(), period));
     }
 
-    while let Some(sig) = signals.next().await {
-        match sig {
-            SIGHUP => reload(&manager).await,
-            _ => break,
+    let mut manager_task = manager_task;
+    loop {
+        tokio::select! {
+            sig = signals.next() => match sig {
+                Some(SIGHUP) => reload(&manager).await,
+                _ => break,
+            },
+            // The manager owns the registry: without it nothing can be supervised or asked.
+            // Exit (non-zero: systemd starts orchd again); the services end with orchd and the
+            // next one starts them, rather than run on unsupervised.
+            ended = &mut manager_task => {
+                let why = match ended {
+                    Err(e) if e.is_panic() => crate::guard::panic_message(e.into_panic().as_ref()),
+                    Err(e) => e.to_string(),
+                    Ok(()) => "it ended".to_owned(),
+                };
+                tracing::error!(panic = %why, "orchd's manager crashed; stopping every service and exiting so that orchd is started again");
+                parts.crashed("manager", &why, false);
+                cancel.cancel();
+                tracker.close();
+                let _ = tokio::time::timeout(EXIT_GRACE, tracker.wait()).await;
+                return Err(DaemonError::ManagerCrashed(why));
+            }
         }
     }
     tracing::info!("shutting down");
@@ -210,11 +260,19 @@ async fn serve_metrics(
     counters: tokio::sync::watch::Receiver<crate::metrics::Counters>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
+    parts: crate::guard::Parts,
 ) {
     match tokio::net::TcpListener::bind(listen).await {
         Ok(listener) => {
             tracing::info!(%listen, "serving metrics on http://{listen}/metrics");
-            tracker.spawn(crate::metrics::serve(listener, manager, counters, cancel));
+            tracker.spawn(async move {
+                let mut listener = listener;
+                crate::guard::restarting("metrics", parts, cancel.clone(), &mut listener, |l| {
+                    let (m, c, k) = (manager.clone(), counters.clone(), cancel.clone());
+                    Box::pin(async move { crate::metrics::serve(l, m, c, k).await })
+                })
+                .await;
+            });
         }
         Err(e) => tracing::error!(
             "cannot listen for metrics on {listen}: {e}; orchd runs on without them (free the \

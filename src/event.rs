@@ -126,39 +126,54 @@ impl EventBus {
 /// Keeps the most recent events for `orchctl events` (without `-f`).
 #[derive(Debug, Clone)]
 pub struct EventLog {
-    tx: tokio::sync::mpsc::Sender<(usize, tokio::sync::oneshot::Sender<Vec<Event>>)>,
+    tx: tokio::sync::mpsc::Sender<TailQuery>,
+}
+
+/// "The last n events", and where to send them.
+type TailQuery = (usize, tokio::sync::oneshot::Sender<Vec<Event>>);
+
+async fn keep_events(
+    events: &mut broadcast::Receiver<Arc<Event>>,
+    rx: &mut tokio::sync::mpsc::Receiver<TailQuery>,
+    capacity: usize,
+) {
+    // Grows with the events seen, up to `capacity`.
+    let mut ring = std::collections::VecDeque::<Arc<Event>>::new();
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(ev) => {
+                    if ring.len() == capacity {
+                        ring.pop_front();
+                    }
+                    ring.push_back(ev);
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            q = rx.recv() => match q {
+                Some((n, reply)) => {
+                    let skip = ring.len().saturating_sub(n);
+                    let _ = reply.send(ring.iter().skip(skip).map(|e| Event::clone(e)).collect());
+                }
+                None => break,
+            },
+        }
+    }
 }
 
 impl EventLog {
-    /// Subscribe to `bus` and keep the last `capacity` events.
-    pub fn spawn(bus: &EventBus, capacity: usize) -> EventLog {
-        let (tx, mut rx) =
-            tokio::sync::mpsc::channel::<(usize, tokio::sync::oneshot::Sender<Vec<Event>>)>(16);
-        let mut events = bus.subscribe();
+    /// Subscribe to `bus` and keep the last `capacity` events. A panic in the task is
+    /// recorded in `parts` and it runs again (with an empty ring).
+    pub fn spawn(bus: &EventBus, capacity: usize, parts: crate::guard::Parts) -> EventLog {
+        let (tx, rx) = tokio::sync::mpsc::channel::<TailQuery>(16);
+        let mut state = (bus.subscribe(), rx);
         tokio::spawn(async move {
-            // Grows with the events seen, up to `capacity`.
-            let mut ring = std::collections::VecDeque::<Arc<Event>>::new();
-            loop {
-                tokio::select! {
-                    ev = events.recv() => match ev {
-                        Ok(ev) => {
-                            if ring.len() == capacity {
-                                ring.pop_front();
-                            }
-                            ring.push_back(ev);
-                        }
-                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(broadcast::error::RecvError::Closed) => break,
-                    },
-                    q = rx.recv() => match q {
-                        Some((n, reply)) => {
-                            let skip = ring.len().saturating_sub(n);
-                            let _ = reply.send(ring.iter().skip(skip).map(|e| Event::clone(e)).collect());
-                        }
-                        None => break,
-                    },
-                }
-            }
+            let cancel = tokio_util::sync::CancellationToken::new();
+            crate::guard::restarting("event log", parts, cancel, &mut state, |(events, rx)| {
+                Box::pin(keep_events(events, rx, capacity))
+            })
+            .await;
         });
         EventLog { tx }
     }

@@ -23,6 +23,7 @@
 //! - [`manager`]: the registry; routes requests; dependency order; reload diff.
 //! - [`api`]: wire protocol, authorization by peer credentials, socket server, client.
 //! - [`alert`]: the Alerter: dedup, recoveries, silences, durable outbox, email and webhooks.
+//! - [`guard`]: catching panics in orchd's tasks, restarting them, recording them for status.
 //! - [`event`]: facts on one broadcast bus, and the recent-events log.
 //! - [`state`]: persisted per-service state, written atomically.
 //! - [`daemon`]: start-up, signals, readiness, watchdog, shutdown.
@@ -40,6 +41,7 @@ pub mod daemon;
 pub mod deadline;
 pub mod deploy;
 pub mod event;
+pub mod guard;
 pub mod health;
 pub mod manager;
 pub mod manpage;

@@ -104,30 +104,47 @@ impl Counters {
 
 /// Start counting the events of `bus` (subscribe before services start, so none is missed);
 /// the receiver always holds the latest totals.
-pub fn spawn_counters(bus: &EventBus, cancel: CancellationToken) -> watch::Receiver<Counters> {
+pub fn spawn_counters(
+    bus: &EventBus,
+    cancel: CancellationToken,
+    parts: crate::guard::Parts,
+) -> watch::Receiver<Counters> {
     let (tx, rx) = watch::channel(Counters::default());
     let mut events = bus.subscribe();
     tokio::spawn(async move {
-        loop {
-            let ev = tokio::select! {
-                ev = events.recv() => ev,
-                _ = cancel.cancelled() => break,
-            };
-            match ev {
-                Ok(ev) => tx.send_modify(|c| c.count(&ev)),
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tx.send_modify(|c| c.events_missed += n)
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
-            }
-        }
+        let part_cancel = cancel.clone();
+        crate::guard::restarting(
+            "metrics counters",
+            parts,
+            part_cancel,
+            &mut events,
+            |events| {
+                let (tx, cancel) = (tx.clone(), cancel.clone());
+                Box::pin(async move {
+                    loop {
+                        let ev = tokio::select! {
+                            ev = events.recv() => ev,
+                            _ = cancel.cancelled() => break,
+                        };
+                        match ev {
+                            Ok(ev) => tx.send_modify(|c| c.count(&ev)),
+                            Err(broadcast::error::RecvError::Lagged(n)) => {
+                                tx.send_modify(|c| c.events_missed += n)
+                            }
+                            Err(broadcast::error::RecvError::Closed) => break,
+                        }
+                    }
+                })
+            },
+        )
+        .await;
     });
     rx
 }
 
 /// Serve `GET /metrics` on `listener` until `cancel`.
 pub async fn serve(
-    listener: TcpListener,
+    listener: &TcpListener,
     manager: ManagerHandle,
     counters: watch::Receiver<Counters>,
     cancel: CancellationToken,

@@ -164,7 +164,8 @@ pub fn channel() -> (AlertHandle, mpsc::UnboundedReceiver<Cmd>) {
 fn gone() -> ApiError {
     ApiError::new(
         ErrorCode::Unavailable,
-        "the alerter is not running (orchd is stopping)",
+        "the alerter did not answer: orchd is stopping, or the alerter crashed and is being \
+         started again (see `orchctl status`); try again",
     )
 }
 

@@ -49,44 +49,67 @@ struct Alerter {
     policy: Policy,
     silences: Silences,
     outbox: Outbox,
+    /// Kept outside the task (with `units`): an alerter started again after a crash goes on
+    /// with the configuration the last reload gave.
     channels: watch::Sender<Arc<Channels>>,
-    units: BTreeMap<String, UnitEntry>,
+    units: watch::Sender<BTreeMap<String, UnitEntry>>,
     manager: ManagerHandle,
     stats: Arc<Stats>,
     cancel: CancellationToken,
     deliveries: TaskTracker,
 }
 
-/// Start the Alerter; it resends what the outbox holds, then follows the bus.
+/// Start the Alerter; it resends what the outbox holds, then follows the bus. A panic in it
+/// is recorded in `parts` and it starts again from its files (silences, outbox) and the last
+/// configuration, on the same command channel and event subscription.
 pub fn spawn(
     spec: AlerterSpec,
     commands: mpsc::UnboundedReceiver<Cmd>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
+    parts: crate::guard::Parts,
 ) -> Arc<Stats> {
     let stats = Arc::new(Stats::default());
-    let (channels, _) = watch::channel(Arc::new(Channels::new(spec.alerts.clone())));
-    let a = Alerter {
-        host: spec.host,
-        policy: Policy::new(spec.alerts.repeat_interval),
-        silences: Silences::load(&spec.state_dir),
-        outbox: Outbox::new(&spec.state_dir),
-        channels,
-        units: spec.units,
-        manager: spec.manager,
-        stats: stats.clone(),
-        cancel,
-        deliveries: TaskTracker::new(),
-    };
-    let pending = a.outbox.load();
-    if !pending.is_empty() {
-        tracing::info!(count = pending.len(), "resending alerts left in the outbox");
-    }
-    for p in pending {
-        a.start_delivery(p);
-    }
-    tracker.spawn(a.run(spec.events, commands));
-    stats
+    let channels = watch::channel(Arc::new(Channels::new(spec.alerts.clone()))).0;
+    let units = watch::channel(spec.units).0;
+    let mut receivers = (spec.events, commands);
+    let (host, state_dir, manager) = (spec.host, spec.state_dir, spec.manager);
+    let returned = stats.clone();
+    let part_cancel = cancel.clone();
+    tracker.spawn(async move {
+        crate::guard::restarting(
+            "alerter",
+            parts,
+            part_cancel,
+            &mut receivers,
+            |(events, commands)| {
+                let repeat = channels.borrow().config.repeat_interval;
+                let a = Alerter {
+                    host: host.clone(),
+                    policy: Policy::new(repeat),
+                    silences: Silences::load(&state_dir),
+                    outbox: Outbox::new(&state_dir),
+                    channels: channels.clone(),
+                    units: units.clone(),
+                    manager: manager.clone(),
+                    stats: stats.clone(),
+                    cancel: cancel.clone(),
+                    deliveries: TaskTracker::new(),
+                };
+                let pending = a.outbox.load();
+                if !pending.is_empty() {
+                    tracing::info!(count = pending.len(), "resending alerts left in the outbox");
+                }
+                for p in pending {
+                    a.start_delivery(p);
+                }
+                // Borrowed per run: the receivers outlive a crashed run.
+                Box::pin(a.run(events, commands))
+            },
+        )
+        .await;
+    });
+    returned
 }
 
 fn until(t: SystemTime) -> Instant {
@@ -96,8 +119,8 @@ fn until(t: SystemTime) -> Instant {
 impl Alerter {
     async fn run(
         mut self,
-        mut events: broadcast::Receiver<std::sync::Arc<Event>>,
-        mut rx: mpsc::UnboundedReceiver<Cmd>,
+        events: &mut broadcast::Receiver<std::sync::Arc<Event>>,
+        rx: &mut mpsc::UnboundedReceiver<Cmd>,
     ) {
         loop {
             let next = [
@@ -131,7 +154,7 @@ impl Alerter {
     }
 
     fn unit_info(&self, service: &str) -> UnitInfo {
-        match self.units.get(service) {
+        match self.units.borrow().get(service) {
             Some(UnitEntry::Ok(u)) => UnitInfo {
                 has_health: u.health.is_some(),
                 stable: u.restart.reset_after,
@@ -195,7 +218,7 @@ impl Alerter {
             Cmd::Reconfigure { alerts, units } => {
                 self.policy.set_repeat(alerts.repeat_interval);
                 self.policy.retain(|s| units.contains_key(s));
-                self.units = units;
+                self.units.send_replace(units);
                 self.channels.send_replace(Arc::new(Channels::new(alerts)));
                 tracing::info!("alert configuration applied");
             }
@@ -257,7 +280,7 @@ impl Alerter {
     /// The channels a service's alerts go to: its `alert` list, or all.
     fn routes(&self, service: &str) -> Vec<String> {
         let all = self.channels.borrow().names();
-        match self.units.get(service) {
+        match self.units.borrow().get(service) {
             Some(UnitEntry::Ok(u)) => match &u.alert {
                 Some(list) => list.iter().filter(|c| all.contains(c)).cloned().collect(),
                 None => all,
@@ -310,6 +333,9 @@ impl Alerter {
         channel: Option<String>,
         reply: tokio::sync::oneshot::Sender<Result<Vec<ChannelReport>, ApiError>>,
     ) {
+        if crate::guard::test_panic_requested("alerter") {
+            panic!("test panic requested by ORCHD_TEST_PANIC");
+        }
         let chans = self.channels.borrow().clone();
         let names = chans.names();
         let targets = match channel {

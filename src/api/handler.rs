@@ -28,6 +28,8 @@ pub struct Context {
     pub bus: EventBus,
     pub events: EventLog,
     pub alerts: AlertHandle,
+    /// Parts of orchd that crashed (`status` reports them).
+    pub parts: crate::guard::Parts,
 }
 
 /// Does this command stream partial results?
@@ -57,7 +59,13 @@ pub async fn execute(
                 }
             }
             let list = ctx.manager.status(services).await?;
-            Ok(json!({ "services": list }))
+            let troubles = ctx.parts.troubles();
+            if troubles.is_empty() {
+                Ok(json!({ "services": list }))
+            } else {
+                // Only when a part of orchd crashed: a part that is not running must be seen.
+                Ok(json!({ "services": list, "orchd_troubles": troubles }))
+            }
         }
         Command::Start { services } => control(ctx, Op::Start, services).await,
         Command::Stop { services } => control(ctx, Op::Stop, services).await,

@@ -92,7 +92,7 @@ pub async fn bind(path: &Path) -> Result<UnixListener, SocketError> {
 
 /// Accept connections until `cancel`; removes the socket file on the way out.
 pub async fn serve(
-    listener: UnixListener,
+    listener: &UnixListener,
     path: PathBuf,
     api: Arc<ApiConfig>,
     ctx: Context,

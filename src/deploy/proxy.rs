@@ -173,8 +173,9 @@ impl Proxy {
         listen: SocketAddr,
         mode: ProxyMode,
         service: &str,
+        parts: crate::guard::Parts,
     ) -> std::io::Result<Proxy> {
-        Proxy::bind_with_idle(listen, mode, service, CLIENT_IDLE).await
+        Proxy::bind_with_idle(listen, mode, service, CLIENT_IDLE, parts).await
     }
 
     /// [`Proxy::bind`], closing client connections idle for `client_idle` (see [`until_idle`]).
@@ -183,6 +184,7 @@ impl Proxy {
         mode: ProxyMode,
         service: &str,
         client_idle: Duration,
+        parts: crate::guard::Parts,
     ) -> std::io::Result<Proxy> {
         let listener = TcpListener::bind(listen).await?;
         // The port bound, should `listen` have asked for any (port 0).
@@ -196,7 +198,17 @@ impl Proxy {
             service: service.into(),
             client_idle,
         });
-        tokio::spawn(accept_loop(listener, mode, ctx, cancel.clone()));
+        // The public port must never stop accepting: a panic in the loop is recorded and the
+        // loop runs again on the same listener.
+        let loop_cancel = cancel.clone();
+        tokio::spawn(async move {
+            let mut listener = listener;
+            let part = format!("proxy of {}", ctx.service);
+            crate::guard::restarting(&part, parts, loop_cancel.clone(), &mut listener, |l| {
+                Box::pin(accept_loop(l, mode, ctx.clone(), loop_cancel.clone()))
+            })
+            .await;
+        });
         Ok(Proxy {
             active,
             stats,
@@ -297,7 +309,7 @@ fn http_client() -> Client<HttpConnector, Body> {
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: &TcpListener,
     mode: ProxyMode,
     ctx: Arc<Ctx>,
     cancel: CancellationToken,
@@ -1278,9 +1290,14 @@ mod tests {
 
     /// An http proxy on a loopback port the kernel picks, routing to `backend` if given.
     async fn http_proxy(backend: Option<SocketAddr>) -> Proxy {
-        let proxy = Proxy::bind(([127, 0, 0, 1], 0).into(), ProxyMode::Http, "api")
-            .await
-            .unwrap();
+        let proxy = Proxy::bind(
+            ([127, 0, 0, 1], 0).into(),
+            ProxyMode::Http,
+            "api",
+            crate::guard::Parts::default(),
+        )
+        .await
+        .unwrap();
         proxy.switch(backend.map(|addr| Backend { slot: 0, addr }));
         proxy
     }
@@ -1739,9 +1756,15 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn idle_and_silent_clients_are_closed_but_busy_ones_never() {
-        let proxy = Proxy::bind_with_idle(([127, 0, 0, 1], 0).into(), ProxyMode::Http, "api", IDLE)
-            .await
-            .unwrap();
+        let proxy = Proxy::bind_with_idle(
+            ([127, 0, 0, 1], 0).into(),
+            ProxyMode::Http,
+            "api",
+            IDLE,
+            crate::guard::Parts::default(),
+        )
+        .await
+        .unwrap();
         proxy.switch(Some(Backend {
             slot: 0,
             addr: backend_by_path(),

@@ -133,6 +133,8 @@ pub struct ProbeClients {
     http: Arc<std::sync::OnceLock<Option<reqwest::Client>>>,
     insecure: Arc<std::sync::OnceLock<Option<reqwest::Client>>>,
     spawner: Spawner,
+    /// Where a prober that panicked is recorded (it runs again).
+    parts: crate::guard::Parts,
 }
 
 fn client(insecure: bool) -> Result<reqwest::Client, reqwest::Error> {
@@ -149,11 +151,12 @@ fn client(insecure: bool) -> Result<reqwest::Client, reqwest::Error> {
 
 impl ProbeClients {
     /// Needs a rustls crypto provider installed (orchd's main does it) before an https probe.
-    pub fn new(spawner: Spawner) -> ProbeClients {
+    pub fn new(spawner: Spawner, parts: crate::guard::Parts) -> ProbeClients {
         ProbeClients {
             http: Arc::default(),
             insecure: Arc::default(),
             spawner,
+            parts,
         }
     }
 
@@ -192,25 +195,45 @@ impl Prober {
         results: mpsc::Sender<(u64, Box<ProbeResult>)>,
         cancel: CancellationToken,
     ) {
+        // A panic in a probe must not leave the health of a service frozen: recorded, and
+        // the prober runs again.
         tokio::spawn(async move {
-            let max_jitter = schedule.interval.min(Duration::from_secs(1)).as_millis() as u64;
-            let jitter = Duration::from_millis(rand::rng().random_range(0..=max_jitter / 4));
-            let mut tick = tokio::time::interval_at(Instant::now() + jitter, schedule.interval);
-            tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                let result = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    r = run_probe(&target, schedule.timeout, &clients) => r,
-                };
-                if results.send((tag, Box::new(result))).await.is_err() {
-                    return;
-                }
-            }
+            let parts = clients.parts.clone();
+            let mut state = (target, clients, results);
+            crate::guard::restarting("a health prober", parts, cancel.clone(), &mut state, |s| {
+                Box::pin(probe_loop(s, schedule, tag, cancel.clone()))
+            })
+            .await;
         });
+    }
+}
+
+async fn probe_loop(
+    (target, clients, results): &mut (
+        ProbeTarget,
+        ProbeClients,
+        mpsc::Sender<(u64, Box<ProbeResult>)>,
+    ),
+    schedule: Schedule,
+    tag: u64,
+    cancel: CancellationToken,
+) {
+    let max_jitter = schedule.interval.min(Duration::from_secs(1)).as_millis() as u64;
+    let jitter = Duration::from_millis(rand::rng().random_range(0..=max_jitter / 4));
+    let mut tick = tokio::time::interval_at(Instant::now() + jitter, schedule.interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = run_probe(target, schedule.timeout, clients) => r,
+        };
+        if results.send((tag, Box::new(result))).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -160,6 +160,8 @@ enum Entry {
     Supervised {
         handle: SupervisorHandle,
         unit: Arc<Unit>,
+        /// The service's status channel, kept to give it a new supervisor after a crash.
+        status: watch::Sender<ServiceStatus>,
     },
     /// Failed validation: visible as `bad-setting`, never started. Keeps its status sender so
     /// dependents can see it.
@@ -281,23 +283,64 @@ impl Manager {
             created.push((unit, tx, start));
         }
         for (unit, tx, start) in created {
-            let deps = self.dep_watches(&unit);
-            let spec = supervisor::SupervisorSpec {
-                unit: unit.clone(),
-                release: self.release_of(&unit),
-                status: tx,
-                deps,
-                start,
-            };
-            let handle = supervisor::spawn_supervisor(
-                spec,
-                self.shared.clone(),
-                self.cancel.clone(),
-                &self.tracker,
+            let handle = self.spawn_supervisor(&unit, tx.clone(), start);
+            self.services.insert(
+                unit.name.clone(),
+                Entry::Supervised {
+                    handle,
+                    unit,
+                    status: tx,
+                },
             );
-            self.services
-                .insert(unit.name.clone(), Entry::Supervised { handle, unit });
         }
+    }
+
+    fn spawn_supervisor(
+        &self,
+        unit: &Arc<Unit>,
+        status: watch::Sender<ServiceStatus>,
+        start: bool,
+    ) -> SupervisorHandle {
+        let spec = supervisor::SupervisorSpec {
+            unit: unit.clone(),
+            release: self.release_of(unit),
+            status,
+            deps: self.dep_watches(unit),
+            start,
+        };
+        supervisor::spawn_supervisor(
+            spec,
+            self.shared.clone(),
+            self.cancel.clone(),
+            &self.tracker,
+        )
+    }
+
+    /// A service whose supervisor crashed (its processes were killed, it shows `failed`) gets
+    /// a new one, stopped, before an operator's command or a reload reaches it.
+    fn revive(&mut self, name: &str) {
+        let Some(Entry::Supervised {
+            handle,
+            unit,
+            status,
+        }) = self.services.get(name)
+        else {
+            return;
+        };
+        if !handle.commands.is_closed() || self.cancel.is_cancelled() {
+            return;
+        }
+        tracing::warn!(service = %name, "giving a new supervisor to a service whose supervisor crashed");
+        let (unit, status) = (unit.clone(), status.clone());
+        let handle = self.spawn_supervisor(&unit, status.clone(), false);
+        self.services.insert(
+            name.to_owned(),
+            Entry::Supervised {
+                handle,
+                unit,
+                status,
+            },
+        );
     }
 
     fn release_of(&self, unit: &Unit) -> String {
@@ -476,6 +519,7 @@ impl Manager {
             }
         }
         for name in &names {
+            self.revive(name);
             let handle = match self.services.get(name) {
                 Some(Entry::Supervised { handle, .. }) => handle,
                 // Stop/reset of an invalid unit: nothing to do; report it as it is.
@@ -514,7 +558,7 @@ impl Manager {
         for level in levels {
             let mut waits = Vec::new();
             for name in level {
-                if let Some(Entry::Supervised { handle, unit }) = self.services.get(&name) {
+                if let Some(Entry::Supervised { handle, unit, .. }) = self.services.get(&name) {
                     handle.send(supervisor::Command::op(Op::Stop));
                     waits.push((handle.status.clone(), unit.stop.timeout));
                 }

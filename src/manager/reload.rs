@@ -110,11 +110,13 @@ impl Manager {
             let Some(unit) = ok_unit(self.config.units.get(name)).cloned() else {
                 continue;
             };
+            self.revive(name);
             let deps = self.dep_watches(&unit);
             let release = self.release_of(&unit);
             if let Some(Entry::Supervised {
                 handle,
                 unit: current,
+                ..
             }) = self.services.get_mut(name)
             {
                 handle.send(supervisor::Command::Reconfigure(Box::new(
@@ -145,7 +147,7 @@ impl Manager {
         };
         self.persisted.services.remove(name);
         self.save();
-        if let Entry::Supervised { handle, unit } = entry {
+        if let Entry::Supervised { handle, unit, .. } = entry {
             handle.send(supervisor::Command::op(supervisor::Op::Stop));
             let grace = unit
                 .stop

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 /// Lines kept per service.
 pub const RING_LINES: usize = 1000;
@@ -65,13 +66,27 @@ pub struct LogHub {
 
 impl LogHub {
     /// Start the hub task for `service`; it ends when every handle is dropped.
-    pub fn spawn(service: &str, journal: Option<Arc<Journal>>) -> LogHub {
+    /// A panic in it is recorded in `parts` and it runs again on the same channel (its ring
+    /// starts empty): the services' output pipes are never left without a reader.
+    pub fn spawn(
+        service: &str,
+        journal: Option<Arc<Journal>>,
+        parts: crate::guard::Parts,
+    ) -> LogHub {
         let (tx, rx) = mpsc::channel(1024);
         let hub = LogHub {
             service: service.into(),
             tx,
         };
-        tokio::spawn(run_hub(rx, hub.service.clone(), journal));
+        let service = hub.service.clone();
+        tokio::spawn(async move {
+            let mut rx = rx;
+            let part = format!("log of {service}");
+            crate::guard::restarting(&part, parts, CancellationToken::new(), &mut rx, |rx| {
+                Box::pin(run_hub(rx, service.clone(), journal.clone()))
+            })
+            .await;
+        });
         hub
     }
 
@@ -250,7 +265,7 @@ fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
-async fn run_hub(mut rx: mpsc::Receiver<Cmd>, service: Arc<str>, journal: Option<Arc<Journal>>) {
+async fn run_hub(rx: &mut mpsc::Receiver<Cmd>, service: Arc<str>, journal: Option<Arc<Journal>>) {
     let mut ring: VecDeque<LogLine> = VecDeque::new();
     let mut seq: u64 = 0;
     // Created on the first `logs -f`: a broadcast buffer per idle service would cost memory.
@@ -403,7 +418,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_ring_keeps_the_last_thousand_lines() {
-        let hub = LogHub::spawn("ring", None);
+        let hub = LogHub::spawn("ring", None, crate::guard::Parts::default());
         for batch in 0..3 {
             for i in 0..500 {
                 hub.note(1, format!("line {}", batch * 500 + i));

@@ -41,6 +41,8 @@ pub struct Shared {
     pub probes: ProbeClients,
     /// The environment services inherit from orchd.
     pub env: ServiceEnv,
+    /// Where a supervisor that crashed is recorded for `status`.
+    pub parts: crate::guard::Parts,
 }
 
 /// What a new supervisor starts from.
@@ -181,7 +183,7 @@ pub fn spawn_supervisor(
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (exits_tx, exits_rx) = mpsc::unbounded_channel();
     let (cleared_tx, cleared_rx) = mpsc::unbounded_channel();
-    let logs = LogHub::spawn(&unit.name, shared.journal.clone());
+    let logs = LogHub::spawn(&unit.name, shared.journal.clone(), shared.parts.clone());
     let handle = SupervisorHandle {
         name: unit.name.clone(),
         commands: cmd_tx,
@@ -222,10 +224,105 @@ pub fn spawn_supervisor(
         final_tap: None,
         sweeps: Vec::new(),
     };
+    let guard = CrashReport {
+        name: sup.unit.name.clone(),
+        status: sup.status.clone(),
+        bus: sup.shared.bus.clone(),
+        parts: sup.shared.parts.clone(),
+    };
+    guard.parts.recovered(&guard.part());
     // Boxed: the future keeps a pointer instead of holding the ~2 KiB state twice (as the
     // argument and as the moved-in local), which is most of a supervisor's memory.
-    tracker.spawn(Box::new(sup).run(cmd_rx, exits_rx, cleared_rx, probe_rx, start, cancel));
+    let run = Box::new(sup).run(cmd_rx, exits_rx, cleared_rx, probe_rx, start, cancel);
+    tracker.spawn(async move {
+        if let Err(message) = crate::guard::catch(run).await {
+            guard.report(&message);
+        }
+    });
     handle
+}
+
+/// What is left to report a supervisor that panicked: its processes were killed by
+/// `Supervisor`'s `Drop` while the panic unwound; the service shows `failed` with the reason,
+/// an event (and so an alert) says so, and `orchctl restart` gives it a new supervisor.
+struct CrashReport {
+    name: String,
+    status: watch::Sender<ServiceStatus>,
+    bus: EventBus,
+    parts: crate::guard::Parts,
+}
+
+impl CrashReport {
+    fn part(&self) -> String {
+        format!("supervisor of {}", self.name)
+    }
+
+    fn report(&self, message: &str) {
+        let name = &self.name;
+        tracing::error!(service = %name, panic = %message, "the service's supervisor crashed; its processes were killed");
+        self.parts.crashed(&self.part(), message, false);
+        let reason = format!(
+            "orchd's supervisor of {name} crashed ({message}); its processes were killed; \
+             `orchctl restart {name}` supervises it again"
+        );
+        let since = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        self.status.send_modify(|s| {
+            s.state = State::Failed;
+            s.health = Health::None;
+            s.pid = None;
+            s.ready = false;
+            s.since = since;
+            s.reason = Some(reason.clone());
+            s.deploying = None;
+            s.slots.clear();
+            s.waiting_on.clear();
+        });
+        self.bus
+            .publish(Event::now(name, EventKind::Failed { reason }));
+    }
+}
+
+impl Drop for Supervisor {
+    /// The normal ends of `run` take every process first; one still recorded here means the
+    /// task is unwinding from a panic. Kill them all (group, cgroup, marker) rather than leave
+    /// them running unsupervised.
+    fn drop(&mut self) {
+        let mut sweeps = std::mem::take(&mut self.sweeps);
+        for slot in &mut self.slots {
+            if let Some(c) = slot.clearing.take() {
+                c.job.abort();
+                kill_group(c.pid);
+                sweeps.push(c.sweep);
+            }
+            if let Some(token) = slot.prober.take() {
+                token.cancel();
+            }
+            if let Some(inst) = slot.instance.take() {
+                // Not reaped yet: its group id cannot be anyone else's.
+                signal_group(inst.pid, Signal::SIGKILL);
+                sweeps.push(Sweep::of(&inst));
+            }
+            if let Some(inst) = slot.dying.take() {
+                kill_group(inst.pid);
+                sweeps.push(Sweep::of(&inst));
+            }
+        }
+        if sweeps.is_empty() {
+            return;
+        }
+        let service = self.unit.name.clone();
+        // The cgroup kill and the /proc scan block: on a thread of their own.
+        let spawned = std::thread::Builder::new()
+            .name("orch-sweep".into())
+            .spawn(move || {
+                for sweep in sweeps {
+                    sweep.run(&service);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(service = %self.unit.name, error = %e, "cannot start the sweep of a crashed supervisor's processes");
+        }
+    }
 }
 
 impl Supervisor {
@@ -320,7 +417,7 @@ impl Supervisor {
             return;
         }
         self.proxy = None;
-        match Proxy::bind(listen, d.proxy, &self.unit.name).await {
+        match Proxy::bind(listen, d.proxy, &self.unit.name, self.shared.parts.clone()).await {
             Ok(p) => {
                 tracing::info!(service = %self.unit.name, %listen, "proxy listening");
                 self.proxy = Some(p);
@@ -419,6 +516,11 @@ impl Supervisor {
                     Op::Reset => Input::Reset,
                 };
                 tracing::debug!(service = %self.unit.name, ?input, "command");
+                if op == Op::Reset
+                    && crate::guard::test_panic_requested(&format!("supervisor:{}", self.unit.name))
+                {
+                    panic!("test panic requested by ORCHD_TEST_PANIC");
+                }
                 self.feed(self.active, input).await;
                 if let Some(ack) = ack {
                     let _ = ack.send(());

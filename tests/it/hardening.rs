@@ -329,3 +329,101 @@ fn state_is_private_and_unsafe_directories_are_refused() {
         .collect();
     assert!(!names.iter().any(|n| n.contains("tmp")), "{names:?}");
 }
+
+/// A panic in a service's supervisor kills the service's processes (nothing runs
+/// unsupervised), shows it `failed` with the reason, alerts, and is listed by `status`; a
+/// restart gives it a new supervisor. A panic in the alerter restarts it. (The panics are
+/// injected by `ORCHD_TEST_PANIC`, which only debug builds read.)
+#[test]
+fn crashed_parts_are_contained_reported_and_restarted() {
+    let hook = crate::receiver::Receiver::start(&[]);
+    let mut s = Setup::new();
+    s.extra_config = format!(
+        "[alerts]\n[[alerts.webhook]]\nname = \"hook\"\nurl = \"{}\"\nformat = \"json\"\n",
+        hook.url("/hook")
+    );
+    let child = s.file("child.pid");
+    s.unit(
+        "app",
+        &format!(
+            "exec = [\"/bin/sh\", \"-c\", \"sleep 1000 & echo $! > {}; exec sleep 1000\"]\n",
+            child.display()
+        ),
+    );
+    s.unit("other", "exec = [\"sleep\", \"1000\"]\n");
+    let o = s.start_with_env(&[("ORCHD_TEST_PANIC", "supervisor:app,alerter")]);
+    o.wait_state("app", "running", T);
+    o.wait_state("other", "running", T);
+    let (pid, other) = (o.pid_of("app").unwrap(), o.pid_of("other"));
+    let grandchild = wait_some("the child's pid", T, || read_pid(&child));
+
+    let out = o.ctl(&["reset", "app"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    o.wait_state("app", "failed", T);
+    let st = o.status("app");
+    let reason = st["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("orchd's supervisor of app crashed (test panic requested by ORCHD_TEST_PANIC); its processes were killed; `orchctl restart app` supervises it again"),
+        "{reason}"
+    );
+    wait_for("the service's processes to be killed", T, || {
+        !alive(pid) && !alive(grandchild)
+    });
+    let v = o.json(&["status"]);
+    let troubles = v["orchd_troubles"].as_array().expect("orchd_troubles");
+    assert_eq!(troubles[0]["part"], "supervisor of app", "{v}");
+    assert_eq!(troubles[0]["running"], false);
+    let human = text(&o.ctl(&["status"]).stdout);
+    assert!(
+        human.contains("orchd: supervisor of app crashed once"),
+        "{human}"
+    );
+    assert!(human.contains("NOT RUNNING"), "{human}");
+    wait_for("the alert of the crash", T, || {
+        hook.hits()
+            .iter()
+            .any(|h| String::from_utf8_lossy(&h.body).contains("supervisor of app crashed"))
+    });
+    assert_eq!(o.pid_of("other"), other, "the other service runs on");
+
+    let out = o.ctl(&["restart", "app"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(o.state("app"), "running");
+    assert_ne!(o.pid_of("app"), Some(pid));
+    let v = o.json(&["status"]);
+    assert_eq!(v["orchd_troubles"][0]["running"], true, "{v}");
+
+    // The alerter: alert-test panics it; it is started again and answers.
+    let out = o.ctl(&["alert-test"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("the alerter did not answer"),
+        "{}",
+        text(&out.stderr)
+    );
+    o.wait_for("the alerter to answer again", T, || {
+        o.ctl(&["silences"]).status.success()
+    });
+    let v = o.json(&["status"]);
+    let alerter = v["orchd_troubles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["part"] == "alerter")
+        .cloned()
+        .expect("the alerter's crash is listed");
+    assert_eq!(alerter["running"], true);
+    assert_eq!(alerter["crashes"], 1);
+    // It still alerts: a crash of `other` reaches the hook.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(other.unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for("an alert from the restarted alerter", T, || {
+        hook.hits()
+            .iter()
+            .any(|h| String::from_utf8_lossy(&h.body).contains("\"other\""))
+    });
+    assert!(o.log_text().contains("a part of orchd crashed"));
+}

@@ -20,6 +20,6 @@ mod metrics;
 mod packaging;
 mod proxy;
 mod receiver;
-mod socket_hardening;
 mod smuggling;
+mod socket_hardening;
 mod stub;

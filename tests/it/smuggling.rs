@@ -28,6 +28,7 @@ fn proxy_to(backend: SocketAddr) -> (tokio::runtime::Runtime, Proxy) {
             ([127, 0, 0, 1], 0).into(),
             ProxyMode::Http,
             "smuggling",
+            orch::guard::Parts::default(),
         ))
         .unwrap();
     proxy.switch(Some(Backend {
