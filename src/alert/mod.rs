@@ -132,7 +132,7 @@ pub enum Cmd {
         target: String,
         duration: Duration,
         reason: Option<String>,
-        reply: oneshot::Sender<Silence>,
+        reply: oneshot::Sender<Result<Silence, ApiError>>,
     },
     Silences {
         reply: oneshot::Sender<Vec<Silence>>,
@@ -193,7 +193,7 @@ impl AlertHandle {
             reason,
             reply,
         })
-        .await
+        .await?
     }
 
     pub async fn silences(&self) -> Result<Vec<Silence>, ApiError> {

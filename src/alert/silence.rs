@@ -38,7 +38,20 @@ pub struct Silence {
     pub reason: Option<String>,
     #[serde(default)]
     pub held: Vec<Held>,
+    /// Alerts held beyond the [`MAX_HELD`] listed in `held`: only counted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_more: u64,
 }
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Alerts a silence lists; more are only counted (a year-long silence of a flapping service
+/// must not grow `silences.json` without end).
+pub const MAX_HELD: usize = 100;
+/// Silences active at once.
+pub const MAX_SILENCES: usize = 1000;
 
 impl Silence {
     fn until_time(&self) -> SystemTime {
@@ -99,10 +112,16 @@ impl Silences {
             until: rfc3339(now.later(duration)),
             reason,
             held: Vec::new(),
+            held_more: 0,
         };
         self.list.push(s.clone());
         self.save();
         s
+    }
+
+    /// Whether another silence may be added.
+    pub fn full(&self) -> bool {
+        self.list.len() >= MAX_SILENCES
     }
 
     /// End a silence early.
@@ -119,11 +138,15 @@ impl Silences {
             .list
             .iter_mut()
             .find(|s| s.covers(&alert.service) && s.until_time() > now)?;
-        s.held.push(Held {
-            time: alert.time.clone(),
-            service: alert.service.clone(),
-            summary: alert.summary.clone(),
-        });
+        if s.held.len() < MAX_HELD {
+            s.held.push(Held {
+                time: alert.time.clone(),
+                service: alert.service.clone(),
+                summary: alert.summary.clone(),
+            });
+        } else {
+            s.held_more = s.held_more.saturating_add(1);
+        }
         let id = s.id.clone();
         self.save();
         Some(id)
@@ -163,10 +186,13 @@ pub fn summary(s: &Silence) -> String {
             .as_deref()
             .map(|r| format!(", reason: {r}"))
             .unwrap_or_default(),
-        s.held.len()
+        s.held.len() as u64 + s.held_more
     );
     for h in &s.held {
         out.push_str(&format!("\n  {} {}", h.time, h.summary));
+    }
+    if s.held_more > 0 {
+        out.push_str(&format!("\n  … and {} more", s.held_more));
     }
     out
 }
@@ -221,5 +247,27 @@ mod tests {
             summary(&ended[0])
         );
         assert!(Silences::load(dir.path()).list().is_empty());
+    }
+
+    #[test]
+    fn what_a_silence_holds_and_how_many_there_are_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut s = Silences::load(dir.path());
+        s.add("all", Duration::from_secs(60), None, t0);
+        let a = Alert::new("h", "api", AlertEvent::Crashed, Facts::default(), "t");
+        for _ in 0..MAX_HELD + 50 {
+            s.hold(&a, t0);
+        }
+        let ended = s.expire(t0 + Duration::from_secs(60));
+        assert_eq!(ended[0].held.len(), MAX_HELD);
+        assert_eq!(ended[0].held_more, 50);
+        let text = summary(&ended[0]);
+        assert!(text.contains("held back 150 alert(s)"), "{text}");
+        assert!(text.ends_with("\n  … and 50 more"), "{text}");
+        let one = s.add("all", Duration::from_secs(60), None, t0);
+        assert!(!s.full());
+        s.list = vec![one; MAX_SILENCES];
+        assert!(s.full());
     }
 }

@@ -192,11 +192,22 @@ impl Alerter {
                 reason,
                 reply,
             } => {
+                if self.silences.full() {
+                    let _ = reply.send(Err(ApiError::new(
+                        ErrorCode::Busy,
+                        format!(
+                            "{} silences are active, the most orchd keeps; end some with \
+                             `orchctl unsilence ID` (see `orchctl silences`)",
+                            silence::MAX_SILENCES
+                        ),
+                    )));
+                    return;
+                }
                 let s = self
                     .silences
                     .add(&target, duration, reason, SystemTime::now());
                 tracing::info!(silence = %s.id, target = %s.target, until = %s.until, "alerts silenced");
-                let _ = reply.send(s);
+                let _ = reply.send(Ok(s));
             }
             Cmd::Silences { reply } => {
                 let _ = reply.send(self.silences.list());

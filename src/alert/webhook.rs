@@ -64,7 +64,17 @@ pub async fn send(
     if status.is_success() {
         return Ok(());
     }
-    let text = resp.text().await.unwrap_or_default();
+    // Only the start of an error body is quoted: read no more of it (an endpoint that sends
+    // megabytes must not make orchd hold them).
+    let mut resp = resp;
+    let mut head = Vec::new();
+    while head.len() < 4096 {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => head.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
     let snippet: String = text.chars().take(200).collect();
     let message = format!("POST {url}: HTTP {status}: {}", snippet.trim());
     if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS {

@@ -18,6 +18,9 @@ use crate::manager::{ManagerHandle, Op, is_down, is_settled};
 use crate::supervisor::{Command as SupCommand, DeployMsg, DeployRequest};
 use crate::supervisor::{ServiceStatus, State};
 
+/// Longest `silence --reason`, in bytes (it is kept in a file and quoted in alerts).
+pub const MAX_REASON: usize = 1024;
+
 /// How long `start`/`restart` wait for services to become ready before reporting.
 pub const START_WAIT: Duration = Duration::from_secs(30);
 
@@ -240,6 +243,12 @@ async fn silence(
         return Err(ApiError::new(
             ErrorCode::BadRequest,
             "--for must be longer than 0s",
+        ));
+    }
+    if reason.as_ref().is_some_and(|r| r.len() > MAX_REASON) {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("--reason is longer than {MAX_REASON} bytes; shorten it"),
         ));
     }
     if target != "all" {
