@@ -13,6 +13,16 @@
 //! Needs glibc 2.25 or later (older `clone` wrappers overwrote the parent thread's cached
 //! pid for `CLONE_VM` children) and a binary linked with immediate binding (Rust's default:
 //! lazy binding would run the dynamic linker on the child's stack).
+//!
+//! A process with an instance cgroup is created *inside* it: `clone3` with
+//! `CLONE_INTO_CGROUP` (Linux 5.7+) and a dirfd of the cgroup, so the service never runs an
+//! instruction outside it and nothing it forks can escape (a child forked before a later move
+//! would stay behind, and one that wipes its environment could not be found by the marker
+//! either). The raw `clone3` system call returns in the child on the new stack with no frame
+//! to return to, hence a few lines of assembly per architecture (`clone3_run`). Where `clone3`
+//! or `CLONE_INTO_CGROUP` is missing (old kernel, a seccomp filter), the Launcher remembers it
+//! and falls back to `clone`, with the child writing itself into `cgroup.procs` before it does
+//! anything else; that write can wait 8–16 ms for an RCU grace period (docs/BENCHMARKS.md).
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 compile_error!(
@@ -22,7 +32,7 @@ compile_error!(
 use std::cell::Cell;
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -32,6 +42,28 @@ use nix::unistd::{Gid, Uid};
 /// Stack of the cloned child between `clone` and `execve`. The child's frames are small (it
 /// makes a dozen system calls); a guard page below catches an overflow.
 const STACK_SIZE: usize = 64 * 1024;
+
+/// `clone3`'s number on x86_64 and aarch64 (both use the generic table for new calls).
+const SYS_CLONE3: libc::c_long = 435;
+/// Create the child in the cgroup named by `CloneArgs::cgroup` (include/uapi/linux/sched.h).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// The kernel's `struct clone_args` up to `cgroup` (`CLONE_ARGS_SIZE_VER2`, 88 bytes).
+#[repr(C, align(8))]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
 
 /// Credentials resolved before the clone (NSS lookups are not async-signal-safe).
 #[derive(Debug)]
@@ -150,6 +182,9 @@ struct ChildArgs<'a> {
     parent: libc::pid_t,
     /// Become stdin, stdout, stderr; all ≥ 3 (see `launch`).
     stdio: [RawFd; 3],
+    /// The instance cgroup's `cgroup.procs`, for the child to write itself into first thing
+    /// (the fallback without `clone3`); -1: none, or the child was created in its cgroup.
+    procs: RawFd,
     /// The step that failed and its errno (errno 0: none). Written by the child, read by the
     /// parent after `clone` returned, which `CLONE_VFORK` orders after the child's exec or exit.
     error: Cell<(Step, c_int)>,
@@ -158,6 +193,8 @@ struct ChildArgs<'a> {
 /// A step of the child that can fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Step {
+    /// Joining the instance cgroup (the fallback without `clone3`).
+    Cgroup,
     /// setsid, signal dispositions, the stdio fds, the parent-death signal.
     Setup,
     /// Entering the working directory.
@@ -173,6 +210,29 @@ pub(super) enum Step {
 pub(super) struct Launcher {
     base: std::ptr::NonNull<c_void>,
     guard: usize,
+    /// Whether `clone3(CLONE_INTO_CGROUP)` works here; found out by the first spawn into a
+    /// cgroup, then kept.
+    clone3: Clone3,
+}
+
+/// What is known about `clone3(CLONE_INTO_CGROUP)` on this kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Clone3 {
+    Untried,
+    Works,
+    /// Missing or refused: the child joins its cgroup itself, before anything else.
+    Unavailable,
+}
+
+/// How one clone puts the child into its cgroup.
+#[derive(Clone, Copy)]
+enum Join<'a> {
+    /// No cgroup (orchd has no writable cgroup v2 tree).
+    Nothing,
+    /// `clone3(CLONE_INTO_CGROUP)` with this cgroup directory.
+    Clone3(BorrowedFd<'a>),
+    /// Plain `clone`; the child writes "0" to this `cgroup.procs` first thing.
+    Procs(RawFd),
 }
 
 // SAFETY: the mapping is owned by the Launcher alone; moving it to another thread is moving
@@ -199,7 +259,17 @@ impl Launcher {
         }?;
         // SAFETY: the lowest page of the mapping just made, which nothing references yet.
         unsafe { mprotect(base, page, ProtFlags::PROT_NONE) }?;
-        Ok(Launcher { base, guard: page })
+        Ok(Launcher {
+            base,
+            guard: page,
+            clone3: Clone3::Untried,
+        })
+    }
+
+    /// Make every later spawn take the fallback, as if `clone3` were missing.
+    #[cfg(test)]
+    pub(super) fn force_fallback(&mut self) {
+        self.clone3 = Clone3::Unavailable;
     }
 
     fn len(&self) -> usize {
@@ -207,14 +277,16 @@ impl Launcher {
     }
 
     /// Start `p` in its own session, with default signal dispositions, an empty signal mask
-    /// and `stdio` as fds 0–2. Returns the child's pid once it has exec'd; a failure of any
-    /// step (exec included) is returned with that step's errno, and the child is reaped here:
-    /// the caller must hold whatever serialises `waitpid(-1)` (the pid registry lock), so
-    /// that nobody else reaps it first.
+    /// and `stdio` as fds 0–2, inside the cgroup directory `cgroup` if given (from its first
+    /// instruction on). Returns the child's pid once it has exec'd; a failure of any step
+    /// (exec included) is returned with that step's errno, and the child is reaped here: the
+    /// caller must hold whatever serialises `waitpid(-1)` (the pid registry lock), so that
+    /// nobody else reaps it first.
     pub(super) fn launch(
         &mut self,
         p: &Prepared,
         stdio: [RawFd; 3],
+        cgroup: Option<BorrowedFd<'_>>,
     ) -> Result<libc::pid_t, LaunchError> {
         // The child dup2s the sources onto 0, 1, 2 in that order: a source below 3 could be
         // overwritten before it is used. Give any such source a number ≥ 3 first.
@@ -232,20 +304,103 @@ impl Launcher {
                 *fd = dup;
             }
         }
+        let (pid, report) = match cgroup {
+            None => self
+                .clone_once(p, fds, Join::Nothing)
+                .map_err(LaunchError::Clone)?,
+            Some(dir) => self.clone_into(p, fds, dir)?,
+        };
+        drop(moved);
+        match report {
+            (_, 0) => Ok(pid),
+            (step, errno) => {
+                // The child has exited (status 127): reap it.
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+                let err = io::Error::from_raw_os_error(errno);
+                Err(match (&p.searched, step, errno) {
+                    (Some(path), Step::Exec, libc::ENOENT) => {
+                        LaunchError::NotFound(io::Error::new(
+                            io::ErrorKind::NotFound,
+                            format!("not found in PATH {path}"),
+                        ))
+                    }
+                    (Some(path), Step::Exec, libc::EACCES) => {
+                        LaunchError::NotFound(io::Error::new(
+                            io::ErrorKind::PermissionDenied,
+                            format!("not executable in PATH {path}"),
+                        ))
+                    }
+                    (_, Step::Cgroup, _) => LaunchError::Cgroup(err),
+                    _ => LaunchError::Child(step, err),
+                })
+            }
+        }
+    }
+
+    /// Clone `p` into the cgroup directory `dir`: with `clone3(CLONE_INTO_CGROUP)` unless it
+    /// is known not to work, else (and on learning that it doesn't) with the child joining
+    /// the cgroup itself.
+    fn clone_into(
+        &mut self,
+        p: &Prepared,
+        stdio: [RawFd; 3],
+        dir: BorrowedFd<'_>,
+    ) -> Result<(libc::pid_t, (Step, c_int)), LaunchError> {
+        if self.clone3 != Clone3::Unavailable {
+            match self.clone_once(p, stdio, Join::Clone3(dir)) {
+                Ok(r) => {
+                    if self.clone3 == Clone3::Untried {
+                        tracing::info!(
+                            "service processes start inside their cgroup (clone3 with CLONE_INTO_CGROUP)"
+                        );
+                        self.clone3 = Clone3::Works;
+                    }
+                    return Ok(r);
+                }
+                Err(e) if clone3_unusable(&e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "clone3(CLONE_INTO_CGROUP) is not available: each service process joins its \
+                         cgroup itself before it runs anything (slower: a start may wait 8-16 ms \
+                         for the kernel); upgrade to Linux 5.7+ or allow clone3 in the seccomp \
+                         filter for the fast path"
+                    );
+                    self.clone3 = Clone3::Unavailable;
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOMEM | libc::EAGAIN)) => {
+                    return Err(LaunchError::Clone(e));
+                }
+                Err(e) => return Err(LaunchError::Cgroup(e)),
+            }
+        }
+        let procs = open_procs(dir).map_err(LaunchError::Cgroup)?;
+        self.clone_once(p, stdio, Join::Procs(procs.as_raw_fd()))
+            .map_err(LaunchError::Clone)
+    }
+
+    /// One clone of `p` running `child`: the child's pid and its report (errno 0: it exec'd).
+    fn clone_once(
+        &mut self,
+        p: &Prepared,
+        stdio: [RawFd; 3],
+        into: Join<'_>,
+    ) -> Result<(libc::pid_t, (Step, c_int)), io::Error> {
         let args = ChildArgs {
             p,
             parent: nix::unistd::getpid().as_raw(),
-            stdio: fds,
+            stdio,
+            procs: match into {
+                Join::Procs(fd) => fd,
+                Join::Nothing | Join::Clone3(_) => -1,
+            },
             error: Cell::new((Step::Setup, 0)),
         };
-        // SAFETY: `base + len` is the page-aligned end of the mapping this Launcher owns;
-        // stacks grow down on x86_64 and aarch64.
-        let stack_top = unsafe {
-            self.base
-                .as_ptr()
-                .cast::<u8>()
-                .add(self.len())
-                .cast::<c_void>()
+        let arg = (&args as *const ChildArgs).cast_mut().cast::<c_void>();
+        // SAFETY: `base + guard` is the lowest usable byte of the mapping this Launcher owns
+        // and `base + len` its page-aligned end; stacks grow down on x86_64 and aarch64.
+        let (stack_low, stack_top) = unsafe {
+            let base = self.base.as_ptr().cast::<u8>();
+            (base.add(self.guard), base.add(self.len()).cast::<c_void>())
         };
         // A child taking another uid/gid makes the memory it shares with orchd non-dumpable
         // (the kernel's commit_creds); orchd's own setting is put back after.
@@ -266,20 +421,47 @@ impl Launcher {
                 8usize,
             )
         };
-        // SAFETY: `child` runs on the stack above (owned by `self`, borrowed mutably for this
-        // call) and reads `args`, which outlives the clone: with CLONE_VFORK this thread is
-        // suspended until the child has exec'd or exited, after which it touches neither.
-        // `child` only makes async-signal-safe system calls (see its comment). SIGCHLD makes it
-        // an ordinary child for the reaper.
-        let pid = unsafe {
-            libc::clone(
-                child,
-                stack_top,
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-                (&args as *const ChildArgs).cast_mut().cast::<c_void>(),
-            )
+        let pid = match into {
+            Join::Clone3(dir) => {
+                let ca = CloneArgs {
+                    flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64 | CLONE_INTO_CGROUP,
+                    exit_signal: libc::SIGCHLD as u64,
+                    stack: stack_low as u64,
+                    stack_size: (self.len() - self.guard) as u64,
+                    cgroup: dir.as_raw_fd() as u64,
+                    ..CloneArgs::default()
+                };
+                // SAFETY: the stack in `ca` is this Launcher's mapping (borrowed mutably for
+                // this call) above its guard page, used by no one else; `arg` points to `args`,
+                // which outlives the clone: with CLONE_VFORK this thread is suspended until the
+                // child has exec'd or exited, after which it touches neither. `child` only
+                // makes async-signal-safe system calls (see its comment). `dir` is an open fd
+                // borrowed for this call.
+                let r = unsafe { clone3_run(&ca, child, arg) };
+                if r < 0 {
+                    Err(io::Error::from_raw_os_error(-r as i32))
+                } else {
+                    Ok(r as libc::pid_t)
+                }
+            }
+            Join::Nothing | Join::Procs(_) => {
+                // SAFETY: as for clone3 above (same stack, same `args`, same `child`). SIGCHLD
+                // makes it an ordinary child for the reaper.
+                let r = unsafe {
+                    libc::clone(
+                        child,
+                        stack_top,
+                        libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                        arg,
+                    )
+                };
+                if r < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(r)
+                }
+            }
         };
-        let clone_error = io::Error::last_os_error();
         // SAFETY: restores the mask saved above.
         unsafe {
             libc::syscall(
@@ -294,34 +476,127 @@ impl Launcher {
             // SAFETY: PR_SET_DUMPABLE with the value read before.
             unsafe { libc::prctl(libc::PR_SET_DUMPABLE, d as libc::c_ulong) };
         }
-        drop(moved);
-        if pid < 0 {
-            return Err(LaunchError::Clone(clone_error));
-        }
-        match args.error.get() {
-            (_, 0) => Ok(pid),
-            (step, errno) => {
-                // The child has exited (status 127): reap it.
-                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-                let err = io::Error::from_raw_os_error(errno);
-                Err(match (&p.searched, step, errno) {
-                    (Some(path), Step::Exec, libc::ENOENT) => {
-                        LaunchError::NotFound(io::Error::new(
-                            io::ErrorKind::NotFound,
-                            format!("not found in PATH {path}"),
-                        ))
-                    }
-                    (Some(path), Step::Exec, libc::EACCES) => {
-                        LaunchError::NotFound(io::Error::new(
-                            io::ErrorKind::PermissionDenied,
-                            format!("not executable in PATH {path}"),
-                        ))
-                    }
-                    _ => LaunchError::Child(step, err),
-                })
-            }
-        }
+        Ok((pid?, args.error.get()))
     }
+}
+
+/// `clone3` failed because it (or `CLONE_INTO_CGROUP`) is missing here, not because of this
+/// cgroup: ENOSYS (before Linux 5.3, or a seccomp filter), E2BIG (5.3–5.6 know a shorter
+/// `clone_args`), EINVAL or EOPNOTSUPP (the flag unknown or refused). EPERM too: seccomp
+/// profiles written before clone3 existed answer it with EPERM; should it really be a
+/// permission problem, the fallback's own write reports it.
+fn clone3_unusable(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL | libc::EOPNOTSUPP | libc::EPERM)
+    )
+}
+
+/// Open `cgroup.procs` of the cgroup directory `dir` for writing (close-on-exec).
+fn open_procs(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: openat with an open directory fd and a NUL-terminated relative name.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c"cgroup.procs".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The raw `clone3` system call with `args`; in the child (on the stack `args` gives it, with
+/// no Rust frame to return to) call `f(arg)` and `exit` with its result should it return. In
+/// the parent: the child's pid, or -errno.
+///
+/// # Safety
+/// `args` must describe a valid stack (`stack`, `stack_size`) that nothing else uses until
+/// the child has exec'd or exited, and must include `CLONE_VM | CLONE_VFORK`: the child then
+/// runs `f` on orchd's memory while this thread is suspended, so `f` must follow the rules of
+/// [`child`] and `arg` must stay valid until this returns.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_run(
+    args: &CloneArgs,
+    f: extern "C" fn(*mut c_void) -> c_int,
+    arg: *mut c_void,
+) -> libc::c_long {
+    let ret: libc::c_long;
+    // SAFETY: the parent path is one `syscall` (which clobbers rcx and r11, declared) whose
+    // result comes back in rax; it touches no stack (`nostack`) and may write memory through
+    // `args`' pointers, which the compiler must assume anyway (no `nomem`). The child path
+    // starts with rsp = stack + stack_size (set by the kernel), 16-byte aligned because the
+    // mapping's end is page-aligned, so the `call` leaves rsp ≡ 8 (mod 16) at `f`'s entry as
+    // the SysV ABI requires; `arg` and `f` survive the system call in r12 and r13, callee-saved
+    // registers not reserved by LLVM, copied into the child with the other registers. The
+    // child never leaves the asm block: it ends with the `exit` system call (60), which ends
+    // only that thread, and `ud2` is unreachable.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "mov rdi, r12",
+            "call r13",
+            "mov edi, eax",
+            "mov eax, 60",
+            "syscall",
+            "ud2",
+            "2:",
+            inlateout("rax") SYS_CLONE3 => ret,
+            in("rdi") args as *const CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") arg,
+            in("r13") f as usize,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// See the x86_64 version.
+///
+/// # Safety
+/// As for the x86_64 version.
+#[cfg(target_arch = "aarch64")]
+unsafe fn clone3_run(
+    args: &CloneArgs,
+    f: extern "C" fn(*mut c_void) -> c_int,
+    arg: *mut c_void,
+) -> libc::c_long {
+    let ret: libc::c_long;
+    // SAFETY: the parent path is one `svc #0` (the kernel preserves every register but x0,
+    // which returns the result); it touches no stack (`nostack`) and may write memory through
+    // `args`' pointers, which the compiler must assume anyway (no `nomem`). The child path
+    // starts with sp = stack + stack_size (set by the kernel), 16-byte aligned as AAPCS64
+    // requires because the mapping's end is page-aligned; `arg` and `f` survive in x20 and x21,
+    // callee-saved registers not reserved by LLVM (unlike x18, x19, x29). `blr` overwrites x30
+    // only in the child, which never leaves the asm block: it ends with the `exit` system call
+    // (93), which ends only that thread, and `brk` is unreachable.
+    unsafe {
+        core::arch::asm!(
+            "svc #0",
+            "cbnz x0, 2f",
+            "mov x0, x20",
+            "blr x21",
+            "mov x8, #93",
+            "svc #0",
+            "brk #1",
+            "2:",
+            inlateout("x0") args as *const CloneArgs => ret,
+            in("x1") std::mem::size_of::<CloneArgs>(),
+            in("x8") SYS_CLONE3,
+            in("x20") arg,
+            in("x21") f as usize,
+            options(nostack),
+        );
+    }
+    ret
 }
 
 impl Drop for Launcher {
@@ -341,6 +616,9 @@ pub(super) enum LaunchError {
     NotFound(io::Error),
     #[error("clone failed: {0}")]
     Clone(io::Error),
+    /// The process could not be started in (or join) its cgroup.
+    #[error("{0}")]
+    Cgroup(io::Error),
     /// A step in the child failed: which, and its errno.
     #[error("{1}")]
     Child(Step, io::Error),
@@ -353,7 +631,7 @@ fn cstring(s: &str) -> Result<CString, LaunchError> {
 /// The cloned child, between `clone` and `execve`, on orchd's memory.
 ///
 /// It may only make system calls that neither allocate nor lock nor touch other threads:
-/// setsid, rt_sigaction, dup2, chdir, the raw setgroups, setgid and setuid system calls, prctl,
+/// write (to `cgroup.procs`), setsid, rt_sigaction, dup2, chdir, the raw setgroups, setgid and setuid system calls, prctl,
 /// getppid, sigprocmask, execve and _exit; it reads the prepared data and writes only its
 /// `error` cell. Nothing in it can panic. All signals are blocked on entry (see `launch`).
 #[inline(never)]
@@ -364,6 +642,11 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
     // SAFETY (whole block): each call is a plain system call wrapper on values prepared by
     // the parent; see the function comment.
     unsafe {
+        // Without clone3: into the cgroup before anything else, so that nothing this process
+        // will start can run outside it.
+        if args.procs >= 0 && libc::write(args.procs, b"0".as_ptr().cast::<c_void>(), 1) != 1 {
+            fail(args, Step::Cgroup);
+        }
         // Own session and process group: stop signals go to the whole group.
         if libc::setsid() < 0 {
             fail(args, Step::Setup);
@@ -471,7 +754,7 @@ fn fail(args: &ChildArgs, step: Step) -> ! {
 mod tests {
     use super::*;
     use std::io::Read;
-    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
     /// Launch `argv` with stdout on a pipe; returns (exit code, stdout).
     fn run(
@@ -479,7 +762,17 @@ mod tests {
         env: &[(&str, &str)],
         cwd: Option<&Path>,
     ) -> Result<(i32, String), LaunchError> {
-        let mut l = Launcher::new().unwrap();
+        run_with(&mut Launcher::new().unwrap(), argv, env, cwd, None)
+    }
+
+    /// [`run`] with a given Launcher, into the cgroup directory `cgroup` if any.
+    fn run_with(
+        l: &mut Launcher,
+        argv: &[&str],
+        env: &[(&str, &str)],
+        cwd: Option<&Path>,
+        cgroup: Option<BorrowedFd<'_>>,
+    ) -> Result<(i32, String), LaunchError> {
         let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
         let env: Vec<(String, String)> = env
             .iter()
@@ -493,7 +786,7 @@ mod tests {
         // child cloned meanwhile (until that child's exec closes it): ETXTBSY, retried.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let pid = loop {
-            match l.launch(&p, stdio) {
+            match l.launch(&p, stdio, cgroup) {
                 Err(LaunchError::Child(Step::Exec, e))
                     if e.raw_os_error() == Some(libc::ETXTBSY)
                         && std::time::Instant::now() < deadline =>
@@ -512,6 +805,120 @@ mod tests {
             other => panic!("{other:?}"),
         };
         Ok((code, out))
+    }
+
+    /// A cgroup of its own for one test, found as orchd finds its tree (`CgroupRoot`), and
+    /// removed with its root (and anything left in them) at the end. None when not root.
+    struct TestCgroup {
+        root: crate::supervisor::cgroup::CgroupRoot,
+        dir: std::path::PathBuf,
+        fd: OwnedFd,
+    }
+
+    impl TestCgroup {
+        fn new(test: &str) -> Option<TestCgroup> {
+            if !nix::unistd::Uid::effective().is_root() {
+                eprintln!("skipped: needs root for a cgroup of its own");
+                return None;
+            }
+            let id = format!("launch-test.{}.{test}", std::process::id());
+            let root = crate::supervisor::cgroup::CgroupRoot::detect(&id)
+                .expect("a writable cgroup v2 tree (/sys/fs/cgroup or /sys/fs/cgroup/unified)");
+            let dir = root.instance("svc.0.1").unwrap();
+            let fd = OwnedFd::from(std::fs::File::open(&dir).unwrap());
+            Some(TestCgroup { root, dir, fd })
+        }
+
+        /// The line a process in this cgroup reads in `/proc/self/cgroup` for the v2 tree.
+        fn proc_line(&self) -> String {
+            let mount = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+                .into_iter()
+                .find(|m| self.dir.starts_with(m))
+                .unwrap();
+            format!("0::/{}", self.dir.strip_prefix(mount).unwrap().display())
+        }
+    }
+
+    impl Drop for TestCgroup {
+        fn drop(&mut self) {
+            self.root.remove_all();
+        }
+    }
+
+    /// The v2 line of the cgroup lists printed by `script`, once per `cat /proc/self/cgroup`.
+    fn v2_lines(out: &str) -> Vec<&str> {
+        out.lines().filter(|l| l.starts_with("0::")).collect()
+    }
+
+    /// The service and a child it forks at once both read their cgroup.
+    const CGROUP_OF_BOTH: &str = "cat /proc/self/cgroup; (cat /proc/self/cgroup)";
+
+    #[test]
+    fn clone3_starts_the_child_inside_its_cgroup() {
+        let Some(cg) = TestCgroup::new("clone3") else {
+            return;
+        };
+        let mut l = Launcher::new().unwrap();
+        let (code, out) = run_with(
+            &mut l,
+            &["/bin/sh", "-c", CGROUP_OF_BOTH],
+            &[],
+            None,
+            Some(cg.fd.as_fd()),
+        )
+        .unwrap();
+        assert_eq!(code, 0);
+        let want = cg.proc_line();
+        assert_eq!(v2_lines(&out), [want.as_str(), want.as_str()], "{out}");
+        // Linux 5.7+ (Debian 12 has 6.1): the fast path, not the fallback.
+        assert_eq!(l.clone3, Clone3::Works);
+        // And without a cgroup, the same Launcher leaves the child in orchd's.
+        let (_, out) =
+            run_with(&mut l, &["/bin/cat", "/proc/self/cgroup"], &[], None, None).unwrap();
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        assert_eq!(v2_lines(&out), v2_lines(&own));
+    }
+
+    #[test]
+    fn without_clone3_the_child_joins_its_cgroup_before_it_runs() {
+        let Some(cg) = TestCgroup::new("fallback") else {
+            return;
+        };
+        let mut l = Launcher::new().unwrap();
+        l.force_fallback();
+        let (code, out) = run_with(
+            &mut l,
+            &["/bin/sh", "-c", CGROUP_OF_BOTH],
+            &[],
+            None,
+            Some(cg.fd.as_fd()),
+        )
+        .unwrap();
+        assert_eq!(code, 0);
+        let want = cg.proc_line();
+        assert_eq!(v2_lines(&out), [want.as_str(), want.as_str()], "{out}");
+        assert_eq!(l.clone3, Clone3::Unavailable);
+    }
+
+    #[test]
+    fn a_cgroup_that_is_gone_fails_the_spawn_in_both_modes() {
+        let Some(cg) = TestCgroup::new("gone") else {
+            return;
+        };
+        std::fs::remove_dir(&cg.dir).unwrap();
+        for fallback in [false, true] {
+            let mut l = Launcher::new().unwrap();
+            if fallback {
+                l.force_fallback();
+            }
+            let err = run_with(&mut l, &["/bin/true"], &[], None, Some(cg.fd.as_fd())).unwrap_err();
+            assert!(matches!(err, LaunchError::Cgroup(_)), "{fallback}: {err:?}");
+            // A missing cgroup is not a missing clone3.
+            assert_ne!(l.clone3, Clone3::Works, "{fallback}");
+            if !fallback {
+                assert_eq!(l.clone3, Clone3::Untried);
+            }
+        }
     }
 
     fn status_field(status: &str, key: &str) -> String {
@@ -634,7 +1041,7 @@ mod tests {
             .unwrap();
             let null = std::fs::File::open("/dev/null").unwrap();
             let fd = std::os::fd::AsRawFd::as_raw_fd(&null);
-            l.launch(&p, [fd, fd, fd]).unwrap()
+            l.launch(&p, [fd, fd, fd], None).unwrap()
         })
         .join()
         .unwrap();
