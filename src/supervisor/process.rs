@@ -75,7 +75,7 @@ pub enum SpawnError {
     Nul(String),
     #[error(
         "cannot start the process in its cgroup {path}: {source}; check that orchd's cgroup \
-         tree is writable by orchd (docs/operator-guide.md, \"cgroups\")"
+         tree is writable by orchd (docs/operator-guide.md, \"Containment\")"
     )]
     Cgroup { path: PathBuf, source: io::Error },
     #[error("cannot run {program}: {source}")]
