@@ -45,6 +45,12 @@ impl Drop for KillLeftovers {
 
 #[test]
 fn a_daemon_forked_at_once_with_setsid_and_no_environment_ends_with_each_stop() {
+    if !nix::unistd::Uid::effective().is_root() {
+        // Without a cgroup (orchd not root) only the process group and the environment
+        // marker remain, and this daemon leaves both: a documented limit of that mode.
+        eprintln!("skipped: needs root, for orchd's cgroups");
+        return;
+    }
     let s = Setup::new();
     // A copy of sleep under this test's own path: its argv[0] finds the daemon in /proc, and
     // nothing else on the machine has it.
@@ -60,6 +66,10 @@ fn a_daemon_forked_at_once_with_setsid_and_no_environment_ends_with_each_stop() 
         ),
     );
     let orchd = s.start();
+    assert!(
+        orch_cgroup(&s).is_some(),
+        "orchd found no writable cgroup v2 tree"
+    );
     for i in 0..RESTARTS {
         let pids = wait_some("the service's daemon", T, || {
             Some(running(&daemon)).filter(|p| !p.is_empty())
