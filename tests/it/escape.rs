@@ -43,21 +43,13 @@ impl Drop for KillLeftovers {
     }
 }
 
-#[test]
-fn a_daemon_forked_at_once_with_setsid_and_no_environment_ends_with_each_stop() {
-    if !nix::unistd::Uid::effective().is_root() {
-        // Without a cgroup (orchd not root) only the process group and the environment
-        // marker remain, and this daemon leaves both: a documented limit of that mode.
-        eprintln!("skipped: needs root, for orchd's cgroups");
-        return;
-    }
-    let s = Setup::new();
+/// The unit of the issue: a child that leaves the session and wipes its environment at once.
+fn escaper(s: &Setup) -> (PathBuf, KillLeftovers) {
     // A copy of sleep under this test's own path: its argv[0] finds the daemon in /proc, and
     // nothing else on the machine has it.
     let daemon = s.file("escapee-sleep");
     std::fs::copy("/bin/sleep", &daemon).unwrap();
     std::fs::set_permissions(&daemon, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let _cleanup = KillLeftovers(daemon.clone());
     s.unit(
         "escaper",
         &format!(
@@ -65,14 +57,17 @@ fn a_daemon_forked_at_once_with_setsid_and_no_environment_ends_with_each_stop() 
             daemon.display()
         ),
     );
-    let orchd = s.start();
-    assert!(
-        orch_cgroup(&s).is_some(),
-        "orchd found no writable cgroup v2 tree"
-    );
+    (daemon.clone(), KillLeftovers(daemon))
+}
+
+/// Restart the escaper `RESTARTS` times and stop it: after each, nothing of the old instance
+/// may run.
+fn restart_and_stop_leave_nothing(s: &Setup, orchd: &Orchd, daemon: &Path) {
+    // orchd answers on its socket before it has necessarily made its cgroup root.
+    wait_some("orchd's cgroup v2 tree (as root)", T, || orch_cgroup(s));
     for i in 0..RESTARTS {
         let pids = wait_some("the service's daemon", T, || {
-            Some(running(&daemon)).filter(|p| !p.is_empty())
+            Some(running(daemon)).filter(|p| !p.is_empty())
         });
         if i == 0 {
             // What makes it hard: out of the service's session, and no marker to find it by.
@@ -92,10 +87,134 @@ fn a_daemon_forked_at_once_with_setsid_and_no_environment_ends_with_each_stop() 
         );
     }
     wait_some("the last instance's daemon", T, || {
-        Some(running(&daemon)).filter(|p| !p.is_empty())
+        Some(running(daemon)).filter(|p| !p.is_empty())
     });
     let out = orchd.ctl(&["stop", "escaper"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(orchd.state("escaper"), "inactive");
-    assert_eq!(running(&daemon), Vec::<i32>::new(), "left after the stop");
+    assert_eq!(running(daemon), Vec::<i32>::new(), "left after the stop");
+}
+
+/// Without a cgroup (orchd not root) only the process group and the environment marker
+/// remain, and this daemon leaves both: a documented limit of that mode.
+fn skip_unless_root() -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    if !root {
+        eprintln!("skipped: needs root, for orchd's cgroups");
+    }
+    !root
+}
+
+#[test]
+fn a_daemon_forked_at_once_with_setsid_and_no_environment_ends_with_each_stop() {
+    if skip_unless_root() {
+        return;
+    }
+    let s = Setup::new();
+    let (daemon, _cleanup) = escaper(&s);
+    let orchd = s.start();
+    restart_and_stop_leave_nothing(&s, &orchd, &daemon);
+    assert!(
+        orchd
+            .log_text()
+            .contains("service processes start inside their cgroup")
+    );
+}
+
+/// The same where `clone3` is refused (a seccomp filter answering ENOSYS, as container
+/// profiles written before clone3 did): orchd falls back to the child joining its cgroup
+/// before it runs anything, says so once, and nothing escapes either.
+#[test]
+fn without_clone3_a_daemon_forked_at_once_ends_with_each_stop_too() {
+    if skip_unless_root() {
+        return;
+    }
+    let s = Setup::new();
+    let (daemon, _cleanup) = escaper(&s);
+    s.write_config();
+    let log = s.path().join("orchd-noclone3.log");
+    let mut cmd = std::process::Command::new(ORCHD);
+    cmd.arg("--config")
+        .arg(s.config_path())
+        .env("ORCH_LOG", "debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    // SAFETY: between fork and exec `refuse_clone3` only fills an array on its stack and makes
+    // two prctl system calls: no allocation, no lock, nothing another thread could hold.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(refuse_clone3);
+    }
+    let orchd = Orchd {
+        child: Some(cmd.spawn().unwrap()),
+        socket: s.socket(),
+        log,
+    };
+    wait_for("orchd's socket", T, || {
+        std::os::unix::net::UnixStream::connect(&orchd.socket).is_ok()
+    });
+    restart_and_stop_leave_nothing(&s, &orchd, &daemon);
+    let log = orchd.log_text();
+    assert_eq!(
+        log.matches("clone3(CLONE_INTO_CGROUP) is not available")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        !log.contains("cannot start the process in its cgroup"),
+        "{log}"
+    );
+}
+
+/// Install a seccomp filter that answers `clone3` (435 on x86_64 and aarch64) with ENOSYS.
+fn refuse_clone3() -> std::io::Result<()> {
+    const LD_NR: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let filter = [
+        // seccomp_data.nr is at offset 0.
+        libc::sock_filter {
+            code: LD_NR,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: JEQ,
+            jt: 0,
+            jf: 1,
+            k: 435,
+        },
+        libc::sock_filter {
+            code: RET,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+        },
+        libc::sock_filter {
+            code: RET,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: prctl with a filter program that points to `filter`, alive for the call.
+    let ok = unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+            && libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const libc::sock_fprog,
+            ) == 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
