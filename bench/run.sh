@@ -17,7 +17,7 @@
 #              proxy CPU per 1000 requests (issue 6)
 #   rollback   instant rollback during the watch window, command exec → exit (issue 6)
 #   alerts     crash → webhook latency and the 10-minute crash loop (issue 5; cargo test)
-# Diagnosis only (not in the default set): nocgroup, cgroup, pss_scale, size_profile, proxy_perf,
+# Diagnosis only (not in the default set): nocgroup, cgroup, cgroup_spawn, pss_scale, size_profile, proxy_perf,
 #              proxy_instructions (callgrind: user instructions per proxied request, orch vs nginx)
 #
 # Builds the release binaries (cargo build --release) and the C helpers in bench/*.c, then runs
@@ -57,6 +57,7 @@ build() {
     x gcc -O2 -Wall -o "$B/driver" "$ROOT/bench/driver.c"
     x gcc -O2 -Wall -o "$B/execloop" "$ROOT/bench/execloop.c"
     x gcc -O2 -Wall -o "$B/cgroup_probe" "$ROOT/bench/cgroup_probe.c"
+    x gcc -O2 -Wall -o "$B/cgroup_spawn" "$ROOT/bench/cgroup_spawn.c"
 }
 
 # setup DIR N MODE [EXTRA_UNIT_TOML]: orchd.toml + N units svc000… running `stamp FIFO MODE`.
@@ -320,6 +321,20 @@ bench_cgroup() {
             echo "$m, ${gap} ms apart: $(x "$B/cgroup_probe" "$m" "$g" "$gap" 8)"
         done
     done
+}
+
+# Diagnosis: what CLONE_INTO_CGROUP adds to a vfork-style spawn, into the same cgroup every
+# time or into a new one per spawn (as orchd does), against no cgroup flag (issue 14).
+bench_cgroup_spawn() {
+    local root=/sys/fs/cgroup/unified
+    [ -f /sys/fs/cgroup/cgroup.subtree_control ] && root=/sys/fs/cgroup
+    local g=$root/orch-bench-spawn.$$
+    mkdir "$g"
+    echo "# µs from clone3(CLONE_VFORK) to its return after the child's exec of /bin/true (${root})"
+    for r in 1 2 3; do
+        echo "run $r: $(x "$B/cgroup_spawn" "$g" 300 | tr '\n' ' ')"
+    done
+    rmdir "$g"
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,17 @@
 //! Needs glibc 2.25 or later (older `clone` wrappers overwrote the parent thread's cached
 //! pid for `CLONE_VM` children) and a binary linked with immediate binding (Rust's default:
 //! lazy binding would run the dynamic linker on the child's stack).
+//!
+//! A process with an instance cgroup is created *inside* it: `clone3` with
+//! `CLONE_INTO_CGROUP` (Linux 5.7+) and a dirfd of the cgroup, so the service never runs an
+//! instruction outside it and nothing it forks can escape (a child forked before a later move
+//! would stay behind, and one that wipes its environment could not be found by the marker
+//! either). The raw `clone3` system call returns in the child on the new stack with no frame
+//! to return to, hence a few lines of assembly per architecture (`launch/clone3.rs`). Where
+//! `clone3` or `CLONE_INTO_CGROUP` is missing (old kernel, a seccomp filter), the Launcher
+//! remembers it and falls back to `clone`, with the child writing itself into `cgroup.procs`
+//! before it does anything else; that write can wait 8–16 ms for an RCU grace period
+//! (docs/BENCHMARKS.md).
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 compile_error!(
@@ -22,12 +33,15 @@ compile_error!(
 use std::cell::Cell;
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, mprotect};
 use nix::unistd::{Gid, Uid};
+
+mod clone3;
+use clone3::{CLONE_INTO_CGROUP, CloneArgs, clone3_run, clone3_unusable};
 
 /// Stack of the cloned child between `clone` and `execve`. The child's frames are small (it
 /// makes a dozen system calls); a guard page below catches an overflow.
@@ -150,6 +164,9 @@ struct ChildArgs<'a> {
     parent: libc::pid_t,
     /// Become stdin, stdout, stderr; all ≥ 3 (see `launch`).
     stdio: [RawFd; 3],
+    /// The instance cgroup's `cgroup.procs`, for the child to write itself into first thing
+    /// (the fallback without `clone3`); -1: none, or the child was created in its cgroup.
+    procs: RawFd,
     /// The step that failed and its errno (errno 0: none). Written by the child, read by the
     /// parent after `clone` returned, which `CLONE_VFORK` orders after the child's exec or exit.
     error: Cell<(Step, c_int)>,
@@ -158,6 +175,8 @@ struct ChildArgs<'a> {
 /// A step of the child that can fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Step {
+    /// Joining the instance cgroup (the fallback without `clone3`).
+    Cgroup,
     /// setsid, signal dispositions, the stdio fds, the parent-death signal.
     Setup,
     /// Entering the working directory.
@@ -173,6 +192,29 @@ pub(super) enum Step {
 pub(super) struct Launcher {
     base: std::ptr::NonNull<c_void>,
     guard: usize,
+    /// Whether `clone3(CLONE_INTO_CGROUP)` works here; found out by the first spawn into a
+    /// cgroup, then kept.
+    clone3: Clone3,
+}
+
+/// What is known about `clone3(CLONE_INTO_CGROUP)` on this kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Clone3 {
+    Untried,
+    Works,
+    /// Missing or refused: the child joins its cgroup itself, before anything else.
+    Unavailable,
+}
+
+/// How one clone puts the child into its cgroup.
+#[derive(Clone, Copy)]
+enum Join<'a> {
+    /// No cgroup (orchd has no writable cgroup v2 tree).
+    Nothing,
+    /// `clone3(CLONE_INTO_CGROUP)` with this cgroup directory.
+    Clone3(BorrowedFd<'a>),
+    /// Plain `clone`; the child writes "0" to this `cgroup.procs` first thing.
+    Procs(RawFd),
 }
 
 // SAFETY: the mapping is owned by the Launcher alone; moving it to another thread is moving
@@ -199,7 +241,17 @@ impl Launcher {
         }?;
         // SAFETY: the lowest page of the mapping just made, which nothing references yet.
         unsafe { mprotect(base, page, ProtFlags::PROT_NONE) }?;
-        Ok(Launcher { base, guard: page })
+        Ok(Launcher {
+            base,
+            guard: page,
+            clone3: Clone3::Untried,
+        })
+    }
+
+    /// Make every later spawn take the fallback, as if `clone3` were missing.
+    #[cfg(test)]
+    pub(super) fn force_fallback(&mut self) {
+        self.clone3 = Clone3::Unavailable;
     }
 
     fn len(&self) -> usize {
@@ -207,14 +259,16 @@ impl Launcher {
     }
 
     /// Start `p` in its own session, with default signal dispositions, an empty signal mask
-    /// and `stdio` as fds 0–2. Returns the child's pid once it has exec'd; a failure of any
-    /// step (exec included) is returned with that step's errno, and the child is reaped here:
-    /// the caller must hold whatever serialises `waitpid(-1)` (the pid registry lock), so
-    /// that nobody else reaps it first.
+    /// and `stdio` as fds 0–2, inside the cgroup directory `cgroup` if given (from its first
+    /// instruction on). Returns the child's pid once it has exec'd; a failure of any step
+    /// (exec included) is returned with that step's errno, and the child is reaped here: the
+    /// caller must hold whatever serialises `waitpid(-1)` (the pid registry lock), so that
+    /// nobody else reaps it first.
     pub(super) fn launch(
         &mut self,
         p: &Prepared,
         stdio: [RawFd; 3],
+        cgroup: Option<BorrowedFd<'_>>,
     ) -> Result<libc::pid_t, LaunchError> {
         // The child dup2s the sources onto 0, 1, 2 in that order: a source below 3 could be
         // overwritten before it is used. Give any such source a number ≥ 3 first.
@@ -232,20 +286,103 @@ impl Launcher {
                 *fd = dup;
             }
         }
+        let (pid, report) = match cgroup {
+            None => self
+                .clone_once(p, fds, Join::Nothing)
+                .map_err(LaunchError::Clone)?,
+            Some(dir) => self.clone_into(p, fds, dir)?,
+        };
+        drop(moved);
+        match report {
+            (_, 0) => Ok(pid),
+            (step, errno) => {
+                // The child has exited (status 127): reap it.
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+                let err = io::Error::from_raw_os_error(errno);
+                Err(match (&p.searched, step, errno) {
+                    (Some(path), Step::Exec, libc::ENOENT) => {
+                        LaunchError::NotFound(io::Error::new(
+                            io::ErrorKind::NotFound,
+                            format!("not found in PATH {path}"),
+                        ))
+                    }
+                    (Some(path), Step::Exec, libc::EACCES) => {
+                        LaunchError::NotFound(io::Error::new(
+                            io::ErrorKind::PermissionDenied,
+                            format!("not executable in PATH {path}"),
+                        ))
+                    }
+                    (_, Step::Cgroup, _) => LaunchError::Cgroup(err),
+                    _ => LaunchError::Child(step, err),
+                })
+            }
+        }
+    }
+
+    /// Clone `p` into the cgroup directory `dir`: with `clone3(CLONE_INTO_CGROUP)` unless it
+    /// is known not to work, else (and on learning that it doesn't) with the child joining
+    /// the cgroup itself.
+    fn clone_into(
+        &mut self,
+        p: &Prepared,
+        stdio: [RawFd; 3],
+        dir: BorrowedFd<'_>,
+    ) -> Result<(libc::pid_t, (Step, c_int)), LaunchError> {
+        if self.clone3 != Clone3::Unavailable {
+            match self.clone_once(p, stdio, Join::Clone3(dir)) {
+                Ok(r) => {
+                    if self.clone3 == Clone3::Untried {
+                        tracing::info!(
+                            "service processes start inside their cgroup (clone3 with CLONE_INTO_CGROUP)"
+                        );
+                        self.clone3 = Clone3::Works;
+                    }
+                    return Ok(r);
+                }
+                Err(e) if clone3_unusable(&e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "clone3(CLONE_INTO_CGROUP) is not available: each service process joins its \
+                         cgroup itself before it runs anything (slower: a start may wait 8-16 ms \
+                         for the kernel); upgrade to Linux 5.7+ or allow clone3 in the seccomp \
+                         filter for the fast path"
+                    );
+                    self.clone3 = Clone3::Unavailable;
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOMEM | libc::EAGAIN)) => {
+                    return Err(LaunchError::Clone(e));
+                }
+                Err(e) => return Err(LaunchError::Cgroup(e)),
+            }
+        }
+        let procs = open_procs(dir).map_err(LaunchError::Cgroup)?;
+        self.clone_once(p, stdio, Join::Procs(procs.as_raw_fd()))
+            .map_err(LaunchError::Clone)
+    }
+
+    /// One clone of `p` running `child`: the child's pid and its report (errno 0: it exec'd).
+    fn clone_once(
+        &mut self,
+        p: &Prepared,
+        stdio: [RawFd; 3],
+        into: Join<'_>,
+    ) -> Result<(libc::pid_t, (Step, c_int)), io::Error> {
         let args = ChildArgs {
             p,
             parent: nix::unistd::getpid().as_raw(),
-            stdio: fds,
+            stdio,
+            procs: match into {
+                Join::Procs(fd) => fd,
+                Join::Nothing | Join::Clone3(_) => -1,
+            },
             error: Cell::new((Step::Setup, 0)),
         };
-        // SAFETY: `base + len` is the page-aligned end of the mapping this Launcher owns;
-        // stacks grow down on x86_64 and aarch64.
-        let stack_top = unsafe {
-            self.base
-                .as_ptr()
-                .cast::<u8>()
-                .add(self.len())
-                .cast::<c_void>()
+        let arg = (&args as *const ChildArgs).cast_mut().cast::<c_void>();
+        // SAFETY: `base + guard` is the lowest usable byte of the mapping this Launcher owns
+        // and `base + len` its page-aligned end; stacks grow down on x86_64 and aarch64.
+        let (stack_low, stack_top) = unsafe {
+            let base = self.base.as_ptr().cast::<u8>();
+            (base.add(self.guard), base.add(self.len()).cast::<c_void>())
         };
         // A child taking another uid/gid makes the memory it shares with orchd non-dumpable
         // (the kernel's commit_creds); orchd's own setting is put back after.
@@ -266,20 +403,47 @@ impl Launcher {
                 8usize,
             )
         };
-        // SAFETY: `child` runs on the stack above (owned by `self`, borrowed mutably for this
-        // call) and reads `args`, which outlives the clone: with CLONE_VFORK this thread is
-        // suspended until the child has exec'd or exited, after which it touches neither.
-        // `child` only makes async-signal-safe system calls (see its comment). SIGCHLD makes it
-        // an ordinary child for the reaper.
-        let pid = unsafe {
-            libc::clone(
-                child,
-                stack_top,
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-                (&args as *const ChildArgs).cast_mut().cast::<c_void>(),
-            )
+        let pid = match into {
+            Join::Clone3(dir) => {
+                let ca = CloneArgs {
+                    flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64 | CLONE_INTO_CGROUP,
+                    exit_signal: libc::SIGCHLD as u64,
+                    stack: stack_low as u64,
+                    stack_size: (self.len() - self.guard) as u64,
+                    cgroup: dir.as_raw_fd() as u64,
+                    ..CloneArgs::default()
+                };
+                // SAFETY: the stack in `ca` is this Launcher's mapping (borrowed mutably for
+                // this call) above its guard page, used by no one else; `arg` points to `args`,
+                // which outlives the clone: with CLONE_VFORK this thread is suspended until the
+                // child has exec'd or exited, after which it touches neither. `child` only
+                // makes async-signal-safe system calls (see its comment). `dir` is an open fd
+                // borrowed for this call.
+                let r = unsafe { clone3_run(&ca, child, arg) };
+                if r < 0 {
+                    Err(io::Error::from_raw_os_error(-r as i32))
+                } else {
+                    Ok(r as libc::pid_t)
+                }
+            }
+            Join::Nothing | Join::Procs(_) => {
+                // SAFETY: as for clone3 above (same stack, same `args`, same `child`). SIGCHLD
+                // makes it an ordinary child for the reaper.
+                let r = unsafe {
+                    libc::clone(
+                        child,
+                        stack_top,
+                        libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                        arg,
+                    )
+                };
+                if r < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(r)
+                }
+            }
         };
-        let clone_error = io::Error::last_os_error();
         // SAFETY: restores the mask saved above.
         unsafe {
             libc::syscall(
@@ -294,34 +458,25 @@ impl Launcher {
             // SAFETY: PR_SET_DUMPABLE with the value read before.
             unsafe { libc::prctl(libc::PR_SET_DUMPABLE, d as libc::c_ulong) };
         }
-        drop(moved);
-        if pid < 0 {
-            return Err(LaunchError::Clone(clone_error));
-        }
-        match args.error.get() {
-            (_, 0) => Ok(pid),
-            (step, errno) => {
-                // The child has exited (status 127): reap it.
-                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-                let err = io::Error::from_raw_os_error(errno);
-                Err(match (&p.searched, step, errno) {
-                    (Some(path), Step::Exec, libc::ENOENT) => {
-                        LaunchError::NotFound(io::Error::new(
-                            io::ErrorKind::NotFound,
-                            format!("not found in PATH {path}"),
-                        ))
-                    }
-                    (Some(path), Step::Exec, libc::EACCES) => {
-                        LaunchError::NotFound(io::Error::new(
-                            io::ErrorKind::PermissionDenied,
-                            format!("not executable in PATH {path}"),
-                        ))
-                    }
-                    _ => LaunchError::Child(step, err),
-                })
-            }
-        }
+        Ok((pid?, args.error.get()))
     }
+}
+
+/// Open `cgroup.procs` of the cgroup directory `dir` for writing (close-on-exec).
+fn open_procs(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: openat with an open directory fd and a NUL-terminated relative name.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c"cgroup.procs".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 impl Drop for Launcher {
@@ -341,6 +496,9 @@ pub(super) enum LaunchError {
     NotFound(io::Error),
     #[error("clone failed: {0}")]
     Clone(io::Error),
+    /// The process could not be started in (or join) its cgroup.
+    #[error("{0}")]
+    Cgroup(io::Error),
     /// A step in the child failed: which, and its errno.
     #[error("{1}")]
     Child(Step, io::Error),
@@ -353,7 +511,7 @@ fn cstring(s: &str) -> Result<CString, LaunchError> {
 /// The cloned child, between `clone` and `execve`, on orchd's memory.
 ///
 /// It may only make system calls that neither allocate nor lock nor touch other threads:
-/// setsid, rt_sigaction, dup2, chdir, the raw setgroups, setgid and setuid system calls, prctl,
+/// write (to `cgroup.procs`), setsid, rt_sigaction, dup2, chdir, the raw setgroups, setgid and setuid system calls, prctl,
 /// getppid, sigprocmask, execve and _exit; it reads the prepared data and writes only its
 /// `error` cell. Nothing in it can panic. All signals are blocked on entry (see `launch`).
 #[inline(never)]
@@ -364,6 +522,11 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
     // SAFETY (whole block): each call is a plain system call wrapper on values prepared by
     // the parent; see the function comment.
     unsafe {
+        // Without clone3: into the cgroup before anything else, so that nothing this process
+        // will start can run outside it.
+        if args.procs >= 0 && libc::write(args.procs, b"0".as_ptr().cast::<c_void>(), 1) != 1 {
+            fail(args, Step::Cgroup);
+        }
         // Own session and process group: stop signals go to the whole group.
         if libc::setsid() < 0 {
             fail(args, Step::Setup);
@@ -468,189 +631,4 @@ fn fail(args: &ChildArgs, step: Step) -> ! {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Read;
-    use std::os::fd::{AsRawFd, OwnedFd};
-
-    /// Launch `argv` with stdout on a pipe; returns (exit code, stdout).
-    fn run(
-        argv: &[&str],
-        env: &[(&str, &str)],
-        cwd: Option<&Path>,
-    ) -> Result<(i32, String), LaunchError> {
-        let mut l = Launcher::new().unwrap();
-        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let devnull = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-        let p = prepare(&argv, &env, cwd, None)?;
-        let stdio = [devnull.as_raw_fd(), w.as_raw_fd(), devnull.as_raw_fd()];
-        // A script another test thread has just written may still be open for writing in a
-        // child cloned meanwhile (until that child's exec closes it): ETXTBSY, retried.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let pid = loop {
-            match l.launch(&p, stdio) {
-                Err(LaunchError::Child(Step::Exec, e))
-                    if e.raw_os_error() == Some(libc::ETXTBSY)
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::yield_now();
-                }
-                r => break r?,
-            }
-        };
-        drop(w);
-        let mut out = String::new();
-        std::fs::File::from(r).read_to_string(&mut out).unwrap();
-        let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
-        let code = match status {
-            nix::sys::wait::WaitStatus::Exited(_, c) => c,
-            other => panic!("{other:?}"),
-        };
-        Ok((code, out))
-    }
-
-    fn status_field(status: &str, key: &str) -> String {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .unwrap_or_else(|| panic!("no {key} in {status}"))
-            .trim()
-            .to_owned()
-    }
-
-    #[test]
-    fn runs_with_exactly_the_given_env_cwd_and_stdout() {
-        let (code, out) = run(
-            &[
-                "/bin/sh",
-                "-c",
-                "echo \"$GREETING $(pwd)\"; env | wc -l; exit 3",
-            ],
-            &[("GREETING", "hello")],
-            Some(Path::new("/tmp")),
-        )
-        .unwrap();
-        assert_eq!(code, 3);
-        let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines[0], "hello /tmp");
-        // GREETING, plus what sh itself sets (PWD, and SHLVL on some shells): nothing of ours.
-        assert!(lines[1].trim().parse::<u32>().unwrap() <= 3, "{out}");
-    }
-
-    #[test]
-    fn a_bare_name_is_searched_in_the_childs_path() {
-        let (code, out) = run(&["true"], &[("PATH", "/nonexistent:/bin:/usr/bin")], None).unwrap();
-        assert_eq!((code, out.as_str()), (0, ""));
-        let err = run(&["true"], &[("PATH", "/nonexistent:")], None).unwrap_err();
-        assert_eq!(err.to_string(), "not found in PATH /nonexistent:");
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("tool"), "#!/bin/sh\n").unwrap();
-        let path = dir.path().display().to_string();
-        let err = run(&["tool"], &[("PATH", &path)], None).unwrap_err();
-        assert_eq!(err.to_string(), format!("not executable in PATH {path}"));
-    }
-
-    #[test]
-    fn failures_come_back_as_the_failing_steps_errno() {
-        let err = run(&["/nonexistent/prog"], &[], None).unwrap_err();
-        assert_eq!(err.to_string(), "No such file or directory (os error 2)");
-        let err = run(&["/bin/true"], &[], Some(Path::new("/nonexistent"))).unwrap_err();
-        assert_eq!(err.to_string(), "No such file or directory (os error 2)");
-        let dir = tempfile::tempdir().unwrap();
-        let script = dir.path().join("not-executable");
-        std::fs::write(&script, "#!/bin/sh\n").unwrap();
-        let err = run(&[script.to_str().unwrap()], &[], None).unwrap_err();
-        assert_eq!(err.to_string(), "Permission denied (os error 13)");
-        let err = run(&["/bin/echo", "a\0b"], &[], None).unwrap_err();
-        assert_eq!(err.to_string(), "`a\0b` contains a NUL byte");
-    }
-
-    #[test]
-    fn own_session_default_signals_and_an_empty_mask() {
-        // This thread blocks SIGUSR1 and the test harness ignores SIGPIPE: neither may reach
-        // the child.
-        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-        unsafe {
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGUSR1);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-        }
-        let (code, out) = run(&["/bin/cat", "/proc/self/status"], &[], None).unwrap();
-        assert_eq!(code, 0);
-        assert_eq!(status_field(&out, "SigBlk:"), "0000000000000000");
-        assert_eq!(status_field(&out, "SigIgn:"), "0000000000000000");
-        let (_, stat) = run(&["/bin/cat", "/proc/self/stat"], &[], None).unwrap();
-        // pid (1) and session (6) are equal: the child leads its own session.
-        let after = stat.rsplit_once(") ").unwrap().1;
-        let fields: Vec<&str> = after.split(' ').collect();
-        let pid = stat.split(' ').next().unwrap();
-        assert_eq!(fields[3], pid, "{stat}");
-        // This thread's mask is back as it was.
-        let mut now: libc::sigset_t = unsafe { std::mem::zeroed() };
-        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut now) };
-        assert_eq!(unsafe { libc::sigismember(&now, libc::SIGUSR1) }, 1);
-        assert_eq!(unsafe { libc::sigismember(&now, libc::SIGTERM) }, 0);
-    }
-
-    #[test]
-    fn a_script_without_a_shebang_runs_with_the_shell() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let script = dir.path().join("plain");
-        std::fs::write(&script, "echo \"ran with $# args: $1\"\n").unwrap();
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let (code, out) = run(&[script.to_str().unwrap(), "one"], &[], None).unwrap();
-        assert_eq!((code, out.as_str()), (0, "ran with 1 args: one\n"));
-    }
-
-    #[test]
-    fn another_user_keeps_the_parent_death_signal_and_orchd_stays_dumpable() {
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipped: needs root to change credentials");
-            return;
-        }
-        // SAFETY: PR_GET_DUMPABLE reads a flag.
-        let dumpable_before = unsafe { libc::prctl(libc::PR_GET_DUMPABLE) };
-        // The parent-death signal fires when the thread that created the child ends.
-        let pid = std::thread::spawn(|| {
-            let mut l = Launcher::new().unwrap();
-            let creds = Creds {
-                uid: Uid::from_raw(65534),
-                gid: Gid::from_raw(65534),
-                groups: vec![Gid::from_raw(65534)],
-            };
-            let p = prepare(
-                &["/bin/sleep".into(), "1000".into()],
-                &[],
-                None,
-                Some(&creds),
-            )
-            .unwrap();
-            let null = std::fs::File::open("/dev/null").unwrap();
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&null);
-            l.launch(&p, [fd, fd, fd]).unwrap()
-        })
-        .join()
-        .unwrap();
-        let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
-        assert_eq!(
-            status,
-            nix::sys::wait::WaitStatus::Signaled(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-                false
-            )
-        );
-        // SAFETY: as above.
-        assert_eq!(
-            unsafe { libc::prctl(libc::PR_GET_DUMPABLE) },
-            dumpable_before
-        );
-    }
-}
+mod tests;

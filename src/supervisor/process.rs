@@ -2,7 +2,8 @@
 //! `waitpid(-1)`.
 //!
 //! Two long-lived OS threads:
-//! - the **spawner** starts every service process (`launch.rs`: a vfork-style clone).
+//! - the **spawner** starts every service process (`launch.rs`: a vfork-style clone), inside
+//!   its instance cgroup from the first instruction on.
 //!   `PR_SET_PDEATHSIG` fires when the *thread* that created a child exits, so creating them
 //!   from a thread that lives as long as orchd means children die with orchd and never at
 //!   random.
@@ -19,7 +20,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -47,7 +48,7 @@ pub struct SpawnSpec {
     pub env: Vec<(String, String)>,
     pub user: Option<String>,
     pub group: Option<String>,
-    /// cgroup directory the process is moved into right after it starts.
+    /// cgroup directory the process starts in (it never runs outside it).
     pub cgroup: Option<PathBuf>,
     /// Pipe stdout/stderr back (services) or discard them (probes).
     pub capture_output: bool,
@@ -72,7 +73,10 @@ pub enum SpawnError {
     Lookup { name: String, source: nix::Error },
     #[error("`{0}` contains a NUL byte")]
     Nul(String),
-    #[error("cannot join the instance cgroup ({path}): {source}")]
+    #[error(
+        "cannot start the process in its cgroup {path}: {source}; check that orchd's cgroup \
+         tree is writable by orchd (docs/operator-guide.md, \"Containment\")"
+    )]
     Cgroup { path: PathBuf, source: io::Error },
     #[error("cannot run {program}: {source}")]
     Exec { program: String, source: io::Error },
@@ -110,14 +114,10 @@ impl Spawner {
         let registry: Registry = Arc::new(Mutex::new(HashMap::new()));
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let reg = registry.clone();
-        let (mover, moves) = std::sync::mpsc::channel::<(i32, std::fs::File)>();
-        std::thread::Builder::new()
-            .name("orch-cgroup".into())
-            .spawn(move || cgroup_mover(moves))?;
         let launcher = Launcher::new()?;
         std::thread::Builder::new()
             .name("orch-spawner".into())
-            .spawn(move || spawner_loop(launcher, rx, reg, mover))?;
+            .spawn(move || spawner_loop(launcher, rx, reg))?;
         let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGCHLD])?;
         std::thread::Builder::new()
             .name("orch-reaper".into())
@@ -171,48 +171,18 @@ fn lock(
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn spawner_loop(
-    mut launcher: Launcher,
-    jobs: std::sync::mpsc::Receiver<Job>,
-    registry: Registry,
-    mover: std::sync::mpsc::Sender<(i32, std::fs::File)>,
-) {
+fn spawner_loop(mut launcher: Launcher, jobs: std::sync::mpsc::Receiver<Job>, registry: Registry) {
     while let Ok(job) = jobs.recv() {
         let exits = job.exits;
         let result = prepare_spawn(&job.spec).and_then(|ready| {
             let mut table = lock(&registry);
             let result = spawn_ready(&mut launcher, &job.spec, ready);
-            if let Ok((s, _)) = &result {
+            if let Ok(s) = &result {
                 table.insert(s.pid, exits);
             }
             result
         });
-        let result = result.map(|(spawned, procs)| {
-            if let Some(file) = procs {
-                let _ = mover.send((spawned.pid, file));
-            }
-            spawned
-        });
         let _ = job.reply.send(result);
-    }
-}
-
-/// Moves new processes into their cgroups, off the spawn path: a write to `cgroup.procs`
-/// waits for an RCU grace period when none was written recently (8–16 ms measured here), which
-/// would otherwise delay every restart. A process that forks in the moment before the move
-/// leaves a child outside the cgroup; it still carries the instance's `ORCH_INSTANCE` marker,
-/// by which a stop finds it too.
-fn cgroup_mover(moves: std::sync::mpsc::Receiver<(i32, std::fs::File)>) {
-    use std::io::Write;
-    while let Ok((pid, mut procs)) = moves.recv() {
-        match procs.write_all(pid.to_string().as_bytes()) {
-            Ok(()) => {}
-            // Gone already (a process that crashed at once): nothing to move.
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-            Err(e) => {
-                tracing::warn!(pid, error = %e, "cannot move a service process into its cgroup")
-            }
-        }
     }
 }
 
@@ -307,7 +277,8 @@ fn resolve_creds(spec: &SpawnSpec) -> Result<Option<Creds>, SpawnError> {
 struct Ready {
     prepared: Prepared,
     creds: Option<Creds>,
-    cgroup_procs: Option<std::fs::File>,
+    /// The instance cgroup directory, which the process is created in.
+    cgroup: Option<OwnedFd>,
     devnull: OwnedFd,
     /// (read end, write end) of the stdout and stderr pipes, when output is captured.
     out: Option<(OwnedFd, OwnedFd)>,
@@ -318,16 +289,20 @@ struct Ready {
 fn prepare_spawn(spec: &SpawnSpec) -> Result<Ready, SpawnError> {
     let program = spec.argv.first().cloned().unwrap_or_default();
     let creds = resolve_creds(spec)?;
-    // Opened here rather than in the child, so that a cgroup that is gone is reported as such
-    // (from the child only an errno comes back, which would read "cannot run PROGRAM").
-    let cgroup_procs = match &spec.cgroup {
+    // Opened here, outside the registry lock, so that a cgroup that is gone is reported as
+    // such before any clone.
+    let cgroup = match &spec.cgroup {
         Some(dir) => {
-            let path = dir.join("cgroup.procs");
+            use std::os::unix::fs::OpenOptionsExt;
             let file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|source| SpawnError::Cgroup { path, source })?;
-            Some(file)
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY)
+                .open(dir)
+                .map_err(|source| SpawnError::Cgroup {
+                    path: dir.clone(),
+                    source,
+                })?;
+            Some(OwnedFd::from(file))
         }
         None => None,
     };
@@ -355,7 +330,7 @@ fn prepare_spawn(spec: &SpawnSpec) -> Result<Ready, SpawnError> {
     Ok(Ready {
         prepared,
         creds,
-        cgroup_procs,
+        cgroup,
         devnull: OwnedFd::from(devnull),
         out,
         err,
@@ -367,31 +342,36 @@ fn spawn_ready(
     launcher: &mut Launcher,
     spec: &SpawnSpec,
     ready: Ready,
-) -> Result<(Spawned, Option<std::fs::File>), SpawnError> {
+) -> Result<Spawned, SpawnError> {
     let null = ready.devnull.as_raw_fd();
     let stdio = [
         null,
         ready.out.as_ref().map_or(null, |(_, w)| w.as_raw_fd()),
         ready.err.as_ref().map_or(null, |(_, w)| w.as_raw_fd()),
     ];
+    let cgroup = ready.cgroup.as_ref().map(AsFd::as_fd);
     let pid = launcher
-        .launch(&ready.prepared, stdio)
+        .launch(&ready.prepared, stdio, cgroup)
         .map_err(|e| launch_error(spec, ready.creds.as_ref(), e))?;
-    // The write ends (and /dev/null) close here: the service holds its own copies.
-    Ok((
-        Spawned {
-            pid,
-            stdout: ready.out.map(|(r, _)| r),
-            stderr: ready.err.map(|(r, _)| r),
-        },
-        ready.cgroup_procs,
-    ))
+    // The write ends (and /dev/null, the cgroup dir) close here: the service holds its own
+    // copies of what it needs.
+    Ok(Spawned {
+        pid,
+        stdout: ready.out.map(|(r, _)| r),
+        stderr: ready.err.map(|(r, _)| r),
+    })
 }
 
 fn launch_error(spec: &SpawnSpec, creds: Option<&Creds>, e: LaunchError) -> SpawnError {
     let program = spec.argv.first().cloned().unwrap_or_default();
     match e {
         LaunchError::Nul(s) => SpawnError::Nul(s),
+        LaunchError::Cgroup(source) | LaunchError::Child(Step::Cgroup, source) => {
+            SpawnError::Cgroup {
+                path: spec.cgroup.clone().unwrap_or_default(),
+                source,
+            }
+        }
         LaunchError::Child(Step::Chdir, source) => SpawnError::WorkingDir {
             dir: spec.cwd.clone().unwrap_or_default(),
             source,

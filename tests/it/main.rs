@@ -13,6 +13,7 @@ mod core_restart;
 mod dbus;
 mod deploy;
 mod docs;
+mod escape;
 mod hardening;
 mod health;
 mod load;
