@@ -16,17 +16,27 @@ pub struct Diagnostic {
     pub message: String,
 }
 
+/// Always one line: control characters in the path or the message (a unit file named
+/// `a<TAB>.toml`, `requires = ["a\nb"]`, a key holding ESC) are written escaped, as `\t`,
+/// `\n`, `\u{1b}`, so a message can neither break the `FILE:LINE:COL: message` lines that
+/// tools read nor send escape sequences to the operator's terminal.
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.col,
-            self.message
-        )
+        write_escaped(f, &self.file.display().to_string())?;
+        write!(f, ":{}:{}: ", self.line, self.col)?;
+        write_escaped(f, &self.message)
     }
+}
+
+fn write_escaped(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
+    for c in s.chars() {
+        if c.is_control() {
+            write!(f, "{}", c.escape_debug())?;
+        } else {
+            write!(f, "{c}")?;
+        }
+    }
+    Ok(())
 }
 
 impl Diagnostic {
@@ -160,5 +170,19 @@ mod tests {
             message: "boom".into(),
         };
         assert_eq!(d.to_string(), "/etc/orch/units/api.toml:3:7: boom");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_so_a_diagnostic_is_one_line() {
+        let d = Diagnostic {
+            file: "/u/x\t.toml".into(),
+            line: 2,
+            col: 13,
+            message: "unknown dependency `b\nc`, key `\u{1b}[2J`, \u{85}é".into(),
+        };
+        assert_eq!(
+            d.to_string(),
+            "/u/x\\t.toml:2:13: unknown dependency `b\\nc`, key `\\u{1b}[2J`, \\u{85}é"
+        );
     }
 }
