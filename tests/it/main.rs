@@ -20,6 +20,7 @@ mod metrics;
 mod packaging;
 mod proxy;
 mod receiver;
-mod socket_hardening;
 mod smuggling;
+mod socket_hardening;
 mod stub;
+mod unit_fuzz;
