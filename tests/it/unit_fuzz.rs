@@ -30,8 +30,8 @@ use crate::util::{ORCHCTL, ORCHD, Orchd, Setup, alive, free_ports, text};
 
 /// Mutants per `orchd --check` run; runs; reloads of the running orchd.
 const BATCH: usize = 24;
-const BATCHES: usize = 30;
-const RELOADS: usize = 120;
+const BATCHES: usize = 50;
+const RELOADS: usize = 150;
 /// How long one `orchd --check` or `orchctl` call may take on a loaded machine.
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -284,6 +284,41 @@ const WEIRD: &[&str] = &[
     "[1, 2, 3]",
 ];
 
+/// Durations at, past and far past their bounds (docs/units.md), and odd ones.
+const HUGE_DURATIONS: &[&str] = &[
+    "\"500000000000y\"",
+    "\"99999999999999999999s\"",
+    "\"18446744073709551615s\"",
+    "\"584942417355y\"",
+    "\"1h 1ns\"",
+    "\"24h 1ns\"",
+    "\"30d 1s\"",
+    "\"367d\"",
+    "\"0s\"",
+    "\"1ns\"",
+    "\"1 s\"",
+    "\"1s1s\"",
+];
+
+/// Numbers past the bounds of counts, factors and ports, and odd ones.
+const HUGE_NUMBERS: &[&str] = &[
+    "1e308",
+    "18446744073709551616",
+    "18446744073709551615",
+    "-1",
+    "4294967296",
+    "4294967295",
+    "65536",
+    "1001",
+    "10001",
+    "100.0000001",
+    "1.0000001",
+    "nan",
+    "-inf",
+    "-0.0",
+    "0",
+];
+
 /// Lines that are not keys of any section, or not TOML at all.
 const JUNK: &[&str] = &[
     "bogus = 1",
@@ -421,7 +456,12 @@ impl Fuzzer {
         } else {
             self.rng.random_range(1..=3)
         };
-        let ops = (0..n).map(|_| self.mutate(&mut template)).collect();
+        // Half the mutants change only values, so the file stays TOML and reaches the
+        // semantic checks (bounds, names, templates, ports, dependencies).
+        let values_only = self.rng.random_bool(0.5);
+        let ops = (0..n)
+            .map(|_| self.mutate(&mut template, values_only))
+            .collect();
         Mutant {
             file,
             template,
@@ -429,8 +469,9 @@ impl Fuzzer {
         }
     }
 
-    /// Applies one random mutation to `text`; says which.
-    fn mutate(&mut self, text: &mut Vec<u8>) -> String {
+    /// Applies one random mutation to `text`; says which. `values_only`: swap and replace
+    /// values, nothing else.
+    fn mutate(&mut self, text: &mut Vec<u8>, values_only: bool) -> String {
         let rng = &mut self.rng;
         let mut lines: Vec<Vec<u8>> = text.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
         let kv: Vec<usize> = (0..lines.len())
@@ -438,7 +479,12 @@ impl Fuzzer {
             .collect();
         let pos = rng.random_range(0..=text.len());
         let line = rng.random_range(0..lines.len());
-        let op = match rng.random_range(0..16) {
+        let op = if values_only {
+            *pick(rng, &[5, 6, 15, 15])
+        } else {
+            rng.random_range(0..16)
+        };
+        let op = match op {
             0 if !text.is_empty() => {
                 let i = rng.random_range(0..text.len());
                 let bit = rng.random_range(0..8);
@@ -525,6 +571,17 @@ impl Fuzzer {
             13 => {
                 text.truncate(pos);
                 return format!("truncate at byte {pos}");
+            }
+            15 if !kv.is_empty() => {
+                // A string (most are durations) or a number past every bound.
+                let at = *pick(rng, &kv);
+                let old = value_at(&lines[at]).unwrap_or_default();
+                let v = match old.first() {
+                    Some(b'"') => pick(rng, HUGE_DURATIONS),
+                    _ => pick(rng, HUGE_NUMBERS),
+                };
+                set_value(&mut lines[at], v.as_bytes());
+                format!("line {}: value {v}", at + 1)
             }
             14 => {
                 let d = *pick(rng, &[10usize, 1_000, 100_000]);
