@@ -31,9 +31,7 @@ pub(crate) struct DaemonOutcome {
 pub(crate) fn validate_daemon(path: &Path, text: &str) -> DaemonOutcome {
     let mut r = Report::new(path, text);
     let parsed = lenient::parse::<RawDaemon>(text);
-    for e in &parsed.errors {
-        r.toml(e);
-    }
+    r.toml_all(&parsed.errors);
     let base = path.parent().unwrap_or(Path::new("/"));
     let mut config = DaemonConfig {
         path: path.to_path_buf(),

@@ -47,9 +47,7 @@ pub(crate) fn validate_unit(name: &str, path: &Path, text: &str, ctx: &UnitCtx) 
         ));
     }
     let parsed = lenient::parse::<RawUnit>(text);
-    for e in &parsed.errors {
-        r.toml(e);
-    }
+    r.toml_all(&parsed.errors);
     let Some(raw) = parsed.value else {
         return UnitOutcome {
             unit: None,

@@ -24,3 +24,4 @@ mod receiver;
 mod smuggling;
 mod socket_hardening;
 mod stub;
+mod unit_fuzz;
