@@ -98,6 +98,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let spawner = Spawner::start().map_err(DaemonError::Threads)?;
     let bus = EventBus::new(1024);
     let parts = crate::guard::Parts::default();
+    let (recorder, records) = tokio::sync::mpsc::unbounded_channel();
     let events = EventLog::spawn(&bus, 1000, parts.clone());
     let shared = Shared {
         probes: ProbeClients::new(spawner.clone(), parts.clone()),
@@ -108,6 +109,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         journal: Journal::detect(),
         env: ServiceEnv::new(&config.daemon.secret_env_names()),
         parts: parts.clone(),
+        recorder,
     };
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -122,9 +124,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         )
     });
     let (alerts_config, units) = (config.daemon.alerts.clone(), config.units.clone());
+    let writer = crate::state::Writer::start().map_err(DaemonError::Threads)?;
     let (manager, manager_task) = Manager::start(
         config,
         shared,
+        records,
+        writer,
         cancel.child_token(),
         tracker.clone(),
         Some(alerts.clone()),

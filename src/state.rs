@@ -90,6 +90,68 @@ impl PersistedState {
         let bytes = serde_json::to_vec_pretty(self)?;
         write_atomic(&dir.join(STATE_FILE), &bytes)
     }
+
+    /// Write `dir/state.json` on `writer`'s thread; `ack` hears when it is written.
+    pub fn save_with(&self, dir: &Path, writer: &Writer, ack: Option<WriteAck>) {
+        match serde_json::to_vec_pretty(self) {
+            Ok(bytes) => writer.write(dir.join(STATE_FILE), bytes, ack),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode the state");
+                if let Some(ack) = ack {
+                    let _ = ack.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+/// The one thread that writes state files, in the order asked, so that fsyncs never hold an
+/// async worker (the manager's loop asks and goes on). A job may carry an acknowledgement,
+/// sent once it (and every job asked before it) is written.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    tx: std::sync::mpsc::Sender<WriteJob>,
+}
+
+/// The result a write is acknowledged with: its error in words.
+pub type WriteAck = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+#[derive(Debug)]
+struct WriteJob {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    ack: Option<WriteAck>,
+}
+
+impl Writer {
+    /// Start the writer thread.
+    pub fn start() -> io::Result<Writer> {
+        let (tx, rx) = std::sync::mpsc::channel::<WriteJob>();
+        std::thread::Builder::new()
+            .name("orch-state".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    let result = write_atomic(&job.path, &job.bytes);
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, "cannot write a state file");
+                    }
+                    if let Some(ack) = job.ack {
+                        let _ = ack.send(result.map_err(|e| e.to_string()));
+                    }
+                }
+            })?;
+        Ok(Writer { tx })
+    }
+
+    /// Write `bytes` to `path` atomically, after what was asked before; `ack` hears when.
+    pub fn write(&self, path: PathBuf, bytes: Vec<u8>, ack: Option<WriteAck>) {
+        if let Err(std::sync::mpsc::SendError(job)) = self.tx.send(WriteJob { path, bytes, ack }) {
+            tracing::error!(path = %job.path.display(), "the state writer is gone; not written");
+            if let Some(ack) = job.ack {
+                let _ = ack.send(Err("the state writer is gone".into()));
+            }
+        }
+    }
 }
 
 /// Largest state, history, silences or outbox file read back.

@@ -123,6 +123,11 @@ pub async fn execute(
     }
 }
 
+/// A domain value on the wire (its `Serialize` is the contract's JSON).
+fn wire(value: &impl serde::Serialize) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
 /// A release named by a request: the same rule as the unit's `release` key (a usage error).
 fn release_arg(release: &str) -> Result<(), ApiError> {
     check_release(release).map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))
@@ -159,11 +164,11 @@ async fn deploy(
     }
     while let Some(msg) = rx.recv().await {
         match msg {
-            DeployMsg::Step(v) => {
+            DeployMsg::Step(step) => {
                 // A client that stopped reading doesn't stop the deploy.
-                let _ = partial.send(v).await;
+                let _ = partial.send(wire(&step)).await;
             }
-            DeployMsg::Done(v) => return Ok(v),
+            DeployMsg::Done(report) => return Ok(wire(&report)),
         }
     }
     Err(ApiError::new(
@@ -186,7 +191,7 @@ async fn rollback(
         let (reply, rx) = tokio::sync::oneshot::channel();
         if sup.send(SupCommand::Rollback { reply }) {
             if let Ok(Some(done)) = rx.await {
-                return Ok(done);
+                return Ok(wire(&done));
             }
         }
     }

@@ -84,6 +84,18 @@ impl History {
         entry: HistoryEntry,
         keep: usize,
     ) -> Result<(), StateError> {
+        let (path, bytes) = self.record(service, entry, keep)?;
+        write_atomic(&path, &bytes)
+    }
+
+    /// Record a finished deploy in memory, keeping the last `keep` entries; returns the file
+    /// to write and its new content (for a writer off the async runtime).
+    pub fn record(
+        &mut self,
+        service: &str,
+        entry: HistoryEntry,
+        keep: usize,
+    ) -> Result<(PathBuf, Vec<u8>), StateError> {
         let list = self.entries.entry(service.to_owned()).or_default();
         list.push(entry);
         // Oldest first, but never the last succeeded deploy: a run of failed deploys must not
@@ -93,7 +105,7 @@ impl History {
             list.remove(if last_good == Some(0) { 1 } else { 0 });
         }
         let bytes = serde_json::to_vec_pretty(list)?;
-        write_atomic(&self.dir.join(format!("{service}.json")), &bytes)
+        Ok((self.dir.join(format!("{service}.json")), bytes))
     }
 
     /// The release to go back to from `current`: what the deploy that made `current` active

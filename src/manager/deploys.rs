@@ -1,13 +1,12 @@
 //! The manager's part in deploys: hand the handler a service's supervisor, answer history and
-//! "previous release" questions, and — on deploy events from the bus — persist the new active
-//! release and append to the release history.
+//! "previous release" questions, and record finished deploys (history, the new active
+//! release) when their supervisor asks, acknowledging once written.
 
 use super::{Entry, Manager};
 use crate::api::proto::{ApiError, ErrorCode};
 use crate::config::UnitEntry;
 use crate::deploy::history::HistoryEntry;
-use crate::event::{Event, EventKind};
-use crate::supervisor::SupervisorHandle;
+use crate::supervisor::{RecordRequest, SupervisorHandle};
 
 /// History kept when a unit has no `[deploy] keep_releases`.
 const DEFAULT_KEEP: usize = 5;
@@ -38,99 +37,56 @@ impl Manager {
         Ok((list, self.history.previous_release(service, &current)))
     }
 
-    /// Persist what a finished deploy changed.
-    pub(super) fn on_event(&mut self, event: &Event) {
-        let service = event.service.as_str();
-        // (deploy id, release, previous, result, duration, who, reason, asked as a rollback)
-        let (deploy_id, release, previous, result, duration_ms, who, reason, rollback) =
-            match &event.kind {
-                EventKind::DeploySucceeded {
-                    deploy_id,
-                    release,
-                    previous,
-                    duration_ms,
-                    who,
-                    rollback,
-                } => (
-                    deploy_id,
-                    release,
-                    previous,
-                    "succeeded",
-                    *duration_ms,
-                    who,
-                    None,
-                    *rollback,
-                ),
-                EventKind::DeployFailed {
-                    deploy_id,
-                    release,
-                    previous,
-                    reason,
-                    duration_ms,
-                    who,
-                } => (
-                    deploy_id,
-                    release,
-                    previous,
-                    "failed",
-                    *duration_ms,
-                    who,
-                    Some(reason),
-                    false,
-                ),
-                EventKind::RolledBack {
-                    deploy_id,
-                    release,
-                    to,
-                    reason,
-                    duration_ms,
-                    who,
-                } => (
-                    deploy_id,
-                    release,
-                    to,
-                    "rolled_back",
-                    *duration_ms,
-                    who,
-                    Some(reason),
-                    false,
-                ),
-                _ => return,
-            };
-        if result == "succeeded" {
-            self.persisted
-                .services
-                .entry(service.to_owned())
-                .or_default()
-                .release = Some(release.clone());
-            self.save();
-        }
-        let finished = humantime::parse_rfc3339_weak(&event.time)
-            .unwrap_or_else(|_| std::time::SystemTime::now());
+    /// Record a finished deploy: its history entry and, when it succeeded, the new active
+    /// release. Written by the state writer in order; the supervisor hears once both are on
+    /// disk, and only then reports the deploy (so "succeeded" is never said of a release a
+    /// restart of orchd would forget).
+    pub(super) fn record(&mut self, req: RecordRequest) {
+        let RecordRequest {
+            service,
+            report,
+            who,
+            activate,
+            finished,
+            reply,
+        } = req;
         let started = finished
-            .checked_sub(std::time::Duration::from_millis(duration_ms))
+            .checked_sub(std::time::Duration::from_millis(report.duration_ms))
             .unwrap_or(finished);
         let entry = HistoryEntry {
-            deploy_id: deploy_id.clone(),
-            release: release.clone(),
-            previous: previous.clone(),
-            result: result.to_owned(),
+            deploy_id: report.deploy_id.clone(),
+            release: report.release.clone(),
+            previous: report.previous.clone(),
+            result: report.result.as_str().to_owned(),
             started: humantime::format_rfc3339_seconds(started).to_string(),
-            finished: event.time.clone(),
-            duration_ms,
-            who: who.clone(),
-            reason: reason.cloned(),
-            rollback,
+            finished: humantime::format_rfc3339_millis(finished).to_string(),
+            duration_ms: report.duration_ms,
+            who,
+            reason: report.reason.clone(),
+            rollback: report.rollback,
         };
-        let keep = match self.config.units.get(service) {
+        let keep = match self.config.units.get(&service) {
             Some(UnitEntry::Ok(u)) => u
                 .deploy
                 .as_ref()
                 .map_or(DEFAULT_KEEP, |d| d.keep_releases as usize),
             _ => DEFAULT_KEEP,
         };
-        if let Err(e) = self.history.append(service, entry, keep) {
-            tracing::error!(service, error = %e, "cannot write deploy history");
+        let mut reply = Some(reply);
+        match self.history.record(&service, entry, keep) {
+            Ok((path, bytes)) => {
+                let ack = if activate { None } else { reply.take() };
+                self.writer.write(path, bytes, ack);
+            }
+            Err(e) => tracing::error!(service, error = %e, "cannot encode deploy history"),
+        }
+        if activate {
+            self.persisted.services.entry(service).or_default().release = Some(report.release);
+            self.persisted
+                .save_with(&self.state_dir(), &self.writer, reply.take());
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(Err("cannot encode deploy history".into()));
         }
     }
 }

@@ -186,6 +186,8 @@ pub struct Manager {
     shared: Shared,
     persisted: PersistedState,
     history: crate::deploy::history::History,
+    /// Writes state and history files off the async runtime, in order.
+    writer: crate::state::Writer,
     cancel: CancellationToken,
     tracker: TaskTracker,
     /// Told about reloaded `[alerts]` and units (never awaited).
@@ -194,9 +196,12 @@ pub struct Manager {
 
 impl Manager {
     /// Register every unit of `config` and start those the operator hasn't stopped.
+    /// Finished deploys arrive on `records` (the receiver of `shared.recorder`).
     pub fn start(
         config: Config,
         shared: Shared,
+        records: mpsc::UnboundedReceiver<supervisor::RecordRequest>,
+        writer: crate::state::Writer,
         cancel: CancellationToken,
         tracker: TaskTracker,
         alerts: Option<AlertHandle>,
@@ -205,6 +210,7 @@ impl Manager {
         let history = crate::deploy::history::History::load(&config.daemon.state_dir);
         let mut m = Manager {
             history,
+            writer,
             config,
             services: BTreeMap::new(),
             shared,
@@ -221,7 +227,7 @@ impl Manager {
             .collect();
         m.register(units, true);
         let (tx, rx) = mpsc::channel(256);
-        let task = tokio::spawn(m.run(rx));
+        let task = tokio::spawn(m.run(rx, records));
         (ManagerHandle { tx }, task)
     }
 
@@ -381,22 +387,19 @@ impl Manager {
         deps
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut events = self.shared.bus.subscribe();
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        mut records: mpsc::UnboundedReceiver<supervisor::RecordRequest>,
+    ) {
         loop {
             let msg = tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(msg) => msg,
                     None => return,
                 },
-                ev = events.recv() => {
-                    match ev {
-                        Ok(ev) => self.on_event(&ev),
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                            tracing::warn!(missed = n, "manager missed events; deploy history may lack entries");
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
-                    }
+                Some(record) = records.recv() => {
+                    self.record(record);
                     continue;
                 }
             };
@@ -547,9 +550,8 @@ impl Manager {
     }
 
     fn save(&self) {
-        if let Err(e) = self.persisted.save(&self.state_dir()) {
-            tracing::error!(error = %e, "cannot persist state");
-        }
+        self.persisted
+            .save_with(&self.state_dir(), &self.writer, None);
     }
 
     async fn shutdown(&mut self) {

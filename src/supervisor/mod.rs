@@ -6,8 +6,7 @@
 //! [`state::Machine`] and performs the actions it returns.
 
 pub mod cgroup;
-mod deploy_end;
-mod deploying;
+pub mod deploy;
 pub mod deps;
 mod instance;
 mod launch;
@@ -168,7 +167,7 @@ pub enum Command {
     /// Switch back at once if the previous release still runs (during a deploy's watch);
     /// answers the final result, or `None` when a late rollback (a new deploy) is needed.
     Rollback {
-        reply: oneshot::Sender<Option<serde_json::Value>>,
+        reply: oneshot::Sender<Option<deploy::DeployReport>>,
     },
     /// A reload changed the unit.
     Reconfigure(Box<Reconfigure>),
@@ -201,8 +200,21 @@ pub struct DeployRequest {
 /// Deploy progress to the client that asked.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeployMsg {
-    Step(serde_json::Value),
-    Done(serde_json::Value),
+    Step(deploy::DeployProgress),
+    Done(deploy::DeployReport),
+}
+
+/// A finished deploy, for the manager to record (history, and with `activate` the new active
+/// release) before the deploy is reported: answered once it is written.
+#[derive(Debug)]
+pub struct RecordRequest {
+    pub service: String,
+    pub report: deploy::DeployReport,
+    /// "uid 1001 (ci), pid 4242".
+    pub who: String,
+    pub activate: bool,
+    pub finished: std::time::SystemTime,
+    pub reply: oneshot::Sender<Result<(), String>>,
 }
 
 /// Operator commands on a service.

@@ -166,7 +166,7 @@ impl Supervisor {
                 let candidate = self
                     .deploy
                     .as_ref()
-                    .is_some_and(|d| d.candidate == slot && slot != self.active);
+                    .is_some_and(|d| d.candidate() == slot && slot != self.active);
                 if restart && !self.unit.is_monitor_only() && !candidate && self.deploy.is_none() {
                     self.feed(slot, Input::Unhealthy).await;
                     return;

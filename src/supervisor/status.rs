@@ -2,7 +2,7 @@
 //! slot, with both slots and the deploy in progress), then the events that go with it.
 
 use super::ServiceStatus;
-use super::deploying::DeployRun;
+use super::deploy::DeployRun;
 use super::state::State;
 use super::task::Supervisor;
 use crate::event::{Event, EventKind};

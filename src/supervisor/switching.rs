@@ -1,62 +1,97 @@
-//! Pointing a deployed service's public side at a slot: the built-in proxy, or the operator's
-//! `switch_command` (e.g. rewriting an nginx upstream), which must exit 0 within 30 s.
+//! Pointing a deployed service's public side at a slot: the built-in proxy (at once), or the
+//! operator's `switch_command` (e.g. rewriting an nginx upstream), which must exit 0 within
+//! 30 s. A command runs in a task of its own, never on the supervisor's loop; switch
+//! commands run one after the other, so the front ends up where the last one pointed it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::deploy::DeployDone;
 use super::process::SpawnSpec;
 use super::spec::{self, InstanceParams};
-use super::task::Supervisor;
-use crate::config::{SwitchMode, substitute};
+use super::task::{Shared, Supervisor};
+use crate::config::{Unit, substitute};
 use crate::deploy::proxy::Backend;
 
 /// How long a `switch_command` may run.
 const SWITCH_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Supervisor {
-    /// Point the public side at `slot`: the proxy, or the operator's `switch_command`.
-    pub(super) async fn switch_to(&mut self, slot: usize) -> Result<(), String> {
+    /// Point the built-in proxy at `slot`.
+    pub(super) fn switch_proxy(&mut self, slot: usize) {
         let port = self.slots[slot].port(&self.unit);
-        let Some(cfg) = self.unit.deploy.clone() else {
-            return Ok(());
-        };
-        match cfg.switch {
-            SwitchMode::Proxy => {
-                if let (Some(p), Some(port)) = (&self.proxy, port) {
-                    p.switch(Some(Backend {
-                        slot,
-                        addr: ([127, 0, 0, 1], port).into(),
-                    }));
-                }
-                Ok(())
-            }
-            SwitchMode::Command => {
-                let argv = cfg.switch_command.unwrap_or_default();
-                self.run_switch_command(slot, &argv, port).await
-            }
+        if let (Some(p), Some(port)) = (&self.proxy, port) {
+            p.switch(Some(Backend {
+                slot,
+                addr: ([127, 0, 0, 1], port).into(),
+            }));
         }
     }
 
-    async fn run_switch_command(
-        &mut self,
-        slot: usize,
-        argv: &[String],
-        port: Option<u16>,
-    ) -> Result<(), String> {
-        let release = self.slots[slot].release.clone();
+    /// Run `switch_command` for `slot` in a task, after any still running. For a deploy
+    /// (`for_deploy`) its result comes back as [`DeployDone::Switched`]; otherwise (orchd's
+    /// start) a failure is logged.
+    pub(super) fn spawn_switch_command(&mut self, slot: usize, for_deploy: bool) {
+        let job = SwitchJob {
+            unit: self.unit.clone(),
+            shared: self.shared.clone(),
+            release: self.slots[slot].release.clone(),
+            port: self.slots[slot].port(&self.unit),
+        };
+        let back = for_deploy.then(|| self.deploy_tx.clone());
+        let previous = self.switch_job.take();
+        self.switch_job = Some(tokio::spawn(async move {
+            if let Some(p) = previous {
+                let _ = p.await;
+            }
+            let result = job.run().await;
+            match back {
+                Some(back) => {
+                    let _ = back.send(DeployDone::Switched(result));
+                }
+                None => {
+                    if let Err(e) = result {
+                        tracing::error!(service = %job.unit.name, "pointing the front at the running release failed: {e}");
+                    }
+                }
+            }
+        }));
+    }
+}
+
+/// One run of the switch command, with what it needs from the supervisor.
+struct SwitchJob {
+    unit: Arc<Unit>,
+    shared: Shared,
+    release: String,
+    port: Option<u16>,
+}
+
+impl SwitchJob {
+    async fn run(&self) -> Result<(), String> {
+        let argv = self
+            .unit
+            .deploy
+            .as_ref()
+            .and_then(|d| d.switch_command.clone())
+            .unwrap_or_default();
         let params = InstanceParams {
-            port,
-            release: release.clone(),
+            port: self.port,
+            release: self.release.clone(),
             marker: format!("{}/{}/switch", self.shared.daemon_id, self.unit.name),
             cgroup: None,
             env: self.shared.env.vars(),
         };
-        let mut spec: SpawnSpec = spec::build_blocking(&self.unit, Some(argv), params)
+        let mut spec: SpawnSpec = spec::build_blocking(&self.unit, Some(argv.as_slice()), params)
             .await
             .map_err(|e| e.to_string())?;
         spec.capture_output = false;
-        let shown: Vec<String> = argv.iter().map(|a| substitute(a, port, &release)).collect();
+        let shown: Vec<String> = argv
+            .iter()
+            .map(|a| substitute(a, self.port, &self.release))
+            .collect();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let spawned = self
             .shared

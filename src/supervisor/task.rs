@@ -16,7 +16,8 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::cgroup::CgroupRoot;
-use super::deploying::DeployRun;
+use super::deploy::DeployDone;
+use super::deploy::DeployRun;
 use super::deps;
 use super::instance::Sweep;
 use super::logs::{Journal, LogHub};
@@ -41,6 +42,8 @@ pub struct Shared {
     pub probes: ProbeClients,
     /// The environment services inherit from orchd.
     pub env: ServiceEnv,
+    /// Where finished deploys are recorded (the manager answers once they are written).
+    pub recorder: mpsc::UnboundedSender<super::RecordRequest>,
     /// Where a supervisor that crashed is recorded for `status`.
     pub parts: crate::guard::Parts,
 }
@@ -158,10 +161,11 @@ pub(super) struct Supervisor {
     pub(super) deploy: Option<DeployRun>,
     /// `switch = "command"`: the switch command still has to run for the first ready release.
     pub(super) switch_pending: bool,
-    /// Inside `advance_deploy` (which feeds slots, which advance the deploy).
-    pub(super) advancing: bool,
-    /// Gets a copy of the current deploy's final result (for an instant rollback's reply).
-    pub(super) final_tap: Option<tokio::sync::oneshot::Sender<serde_json::Value>>,
+    /// Completions of a deploy's switch command and record, back to the loop.
+    pub(super) deploy_tx: mpsc::UnboundedSender<DeployDone>,
+    /// The switch command running (or last run): the next one waits for it, so that the
+    /// front ends up where the last switch pointed it.
+    pub(super) switch_job: Option<tokio::task::JoinHandle<()>>,
     /// Leftovers of ended instances still to be swept (see [`Sweep::kill`]).
     pub(super) sweeps: Vec<Sweep>,
 }
@@ -191,6 +195,7 @@ pub fn spawn_supervisor(
         logs: logs.clone(),
     };
     let (probe_tx, probe_rx) = mpsc::channel(16);
+    let (deploy_tx, deploy_rx) = mpsc::unbounded_channel();
     let slots = [
         Slot::new(0, &unit, release.clone()),
         Slot::new(1, &unit, release),
@@ -219,9 +224,9 @@ pub fn spawn_supervisor(
         proxy: None,
         proxy_error: None,
         deploy: None,
-        advancing: false,
         switch_pending: switch_command,
-        final_tap: None,
+        deploy_tx,
+        switch_job: None,
         sweeps: Vec::new(),
     };
     let guard = CrashReport {
@@ -233,7 +238,14 @@ pub fn spawn_supervisor(
     guard.parts.recovered(&guard.part());
     // Boxed: the future keeps a pointer instead of holding the ~2 KiB state twice (as the
     // argument and as the moved-in local), which is most of a supervisor's memory.
-    let run = Box::new(sup).run(cmd_rx, exits_rx, cleared_rx, probe_rx, start, cancel);
+    let inputs = Inputs {
+        commands: cmd_rx,
+        exits: exits_rx,
+        cleared: cleared_rx,
+        probes: probe_rx,
+        deploys: deploy_rx,
+    };
+    let run = Box::new(sup).run(inputs, start, cancel);
     tracker.spawn(async move {
         if let Err(message) = crate::guard::catch(run).await {
             guard.report(&message);
@@ -325,16 +337,25 @@ impl Drop for Supervisor {
     }
 }
 
+/// What a supervisor's loop listens to.
+struct Inputs {
+    commands: mpsc::UnboundedReceiver<Command>,
+    exits: mpsc::UnboundedReceiver<ExitInfo>,
+    cleared: mpsc::UnboundedReceiver<usize>,
+    /// Results are boxed: every slot of the queue is as large as its item.
+    probes: mpsc::Receiver<(u64, Box<ProbeResult>)>,
+    deploys: mpsc::UnboundedReceiver<DeployDone>,
+}
+
 impl Supervisor {
-    async fn run(
-        mut self: Box<Self>,
-        mut commands: mpsc::UnboundedReceiver<Command>,
-        mut exits: mpsc::UnboundedReceiver<ExitInfo>,
-        mut cleared: mpsc::UnboundedReceiver<usize>,
-        mut probes: mpsc::Receiver<(u64, Box<ProbeResult>)>,
-        start: bool,
-        cancel: CancellationToken,
-    ) {
+    async fn run(mut self: Box<Self>, inputs: Inputs, start: bool, cancel: CancellationToken) {
+        let Inputs {
+            mut commands,
+            mut exits,
+            mut cleared,
+            mut probes,
+            mut deploys,
+        } = inputs;
         self.bind_proxy().await;
         let (dep_tx, mut dep_rx) = mpsc::channel::<()>(1);
         let mut dep_watchers = self.watch_deps(&dep_tx);
@@ -375,6 +396,7 @@ impl Supervisor {
                     self.feed(self.active, Input::DepsChanged(deps)).await;
                 }
                 Some((tag, result)) = probes.recv() => self.on_probe(tag, *result).await,
+                Some(done) = deploys.recv() => self.on_deploy_done(done).await,
                 _ = cancel.cancelled() => break,
             }
         }
@@ -534,10 +556,7 @@ impl Supervisor {
                 let accepted = self.start_deploy(*request, progress).await;
                 let _ = reply.send(accepted);
             }
-            Command::Rollback { reply } => {
-                let done = self.instant_rollback().await;
-                let _ = reply.send(done);
-            }
+            Command::Rollback { reply } => self.rollback_deploy(reply).await,
             Command::Reconfigure(_) => {}
         }
     }
@@ -612,6 +631,13 @@ impl Supervisor {
     }
 
     async fn feed_all(&mut self, slot: usize, inputs: Vec<Input>) {
+        self.run_slot(slot, inputs).await;
+        self.settle().await;
+    }
+
+    /// Step a slot's machine and perform its actions (and those they cause), without looking
+    /// at the deploy: the deploy's driver uses this, and looks itself.
+    pub(super) async fn run_slot(&mut self, slot: usize, inputs: Vec<Input>) {
         let mut queue: VecDeque<Input> = inputs.into();
         while let Some(input) = queue.pop_front() {
             let ctx = Ctx {
@@ -630,7 +656,6 @@ impl Supervisor {
             self.waiting_since = None;
             self.dep_recheck = None;
         }
-        self.settle().await;
     }
 
     /// After any change: let the deploy move on, point the proxy (or the switch command) at
@@ -638,21 +663,18 @@ impl Supervisor {
     pub(super) async fn settle(&mut self) {
         self.advance_deploy().await;
         self.sync_proxy();
-        self.point_switch_at_start().await;
+        self.point_switch_at_start();
         self.publish_status();
     }
 
     /// With `switch = "command"`, the front (nginx, …) learns the active slot's port once it is
     /// ready after orchd starts: the last deploy may have left the other port there.
-    async fn point_switch_at_start(&mut self) {
+    fn point_switch_at_start(&mut self) {
         if !self.switch_pending || self.deploy.is_some() || !self.slots[self.active].ready() {
             return;
         }
         self.switch_pending = false;
-        let active = self.active;
-        if let Err(e) = Box::pin(self.switch_to(active)).await {
-            tracing::error!(service = %self.unit.name, "pointing the front at the running release failed: {e}");
-        }
+        self.spawn_switch_command(self.active, false);
     }
 
     async fn perform(&mut self, slot: usize, action: Action) -> Option<Input> {
@@ -700,7 +722,7 @@ impl Supervisor {
                 self.on_emit(&kind);
                 // A release being judged by a deploy (not serving yet) that fails is the
                 // deploy's failure (`deploy_failed`), not the service's: no `failed` alert.
-                let judged = self.deploy.as_ref().is_some_and(|d| d.candidate == slot)
+                let judged = self.deploy.as_ref().is_some_and(|d| d.candidate() == slot)
                     && slot != self.active;
                 if !(judged && matches!(kind, EventKind::Failed { .. } | EventKind::Backoff { .. }))
                 {

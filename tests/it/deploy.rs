@@ -119,6 +119,20 @@ fn ten_back_to_back_deploys_under_load_fail_no_request() {
         assert_eq!(r["result"], "succeeded");
         assert_eq!(r["release"], release.as_str());
         assert_eq!(r["previous"], format!("v{}", i - 1));
+        // Reported only once recorded: the state file already names the new release, and
+        // the history has its entry, the moment the client hears "succeeded".
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(s.path().join("state/state.json")).unwrap())
+                .unwrap();
+        assert_eq!(state["services"]["api"]["release"], release.as_str());
+        let history: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(s.path().join("state/history/api.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            history.as_array().unwrap().last().unwrap()["release"],
+            release.as_str()
+        );
         let steps: Vec<&str> = lines.iter().filter_map(|l| l["step"].as_str()).collect();
         assert_eq!(
             steps,

@@ -1,0 +1,103 @@
+//! Deploys (DESIGN §4) of one service, inside its supervisor task.
+//!
+//! [`machine`] is the procedure as a pure `step(input) -> actions` machine, table-tested in
+//! `tests.rs` without processes; `driver.rs` is the supervisor's side: it shows the machine
+//! the slots after every change, performs its actions (start or stop a slot, switch, record,
+//! report) and feeds back their completions. The values here are what a deploy tells its
+//! client and the history, as domain values; `api::proto` maps them to the wire.
+
+mod driver;
+pub mod machine;
+#[cfg(test)]
+mod tests;
+
+use serde::Serialize;
+
+pub(super) use driver::{DeployDone, DeployRun};
+
+/// How a release replaces another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Strategy {
+    /// Two slots behind the proxy (or a switch command): start, switch, watch, drain.
+    #[serde(rename = "port-swap")]
+    PortSwap,
+    /// No `[deploy]`: stop the old release, start the new one; on failure the old again.
+    #[serde(rename = "restart")]
+    Restart,
+}
+
+/// The final result of a deploy (*contract*: `succeeded | failed | rolled_back`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    RolledBack,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::RolledBack => "rolled_back",
+        }
+    }
+}
+
+/// One step of a deploy, as its client sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    Deploying {
+        release: String,
+        previous: String,
+        strategy: Strategy,
+    },
+    Started {
+        release: String,
+        pid: i32,
+        port: Option<u16>,
+        slot: usize,
+    },
+    Healthy {
+        release: String,
+        after_ms: u64,
+    },
+    Switched {
+        release: String,
+        port: Option<u16>,
+    },
+    Watching {
+        release: String,
+        for_ms: u64,
+    },
+    OldStopped {
+        release: String,
+    },
+}
+
+/// A step with the deploy it belongs to and when it happened.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeployProgress {
+    pub deploy_id: String,
+    pub elapsed_ms: u64,
+    #[serde(flatten)]
+    pub step: Step,
+}
+
+/// How a deploy ended: the last thing its client hears, and what history records.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeployReport {
+    pub deploy_id: String,
+    pub result: Outcome,
+    pub release: String,
+    pub previous: String,
+    /// The release active now.
+    pub active: String,
+    pub duration_ms: u64,
+    /// Why it did not succeed (or what went wrong around a success); null on a clean one.
+    pub reason: Option<String>,
+    /// Asked for as a rollback.
+    pub rollback: bool,
+}
