@@ -23,9 +23,9 @@ use crate::config::{Config, DbusMode};
 use crate::event::{EventBus, EventLog};
 use crate::health::ProbeClients;
 use crate::manager::{Manager, ManagerHandle};
-use crate::supervisor::cgroup::{self, CgroupRoot};
+use crate::process::Spawner;
+use crate::process::cgroup::{self, CgroupRoot};
 use crate::supervisor::logs::Journal;
-use crate::supervisor::process::Spawner;
 use crate::supervisor::spec::ServiceEnv;
 use crate::supervisor::{ServiceStatus, Shared, State};
 

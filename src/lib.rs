@@ -25,6 +25,7 @@
 //! - [`alert`]: the Alerter: dedup, recoveries, silences, durable outbox, email and webhooks.
 //! - [`guard`]: catching panics in orchd's tasks, restarting them, recording them for status.
 //! - [`event`]: facts on one broadcast bus, and the recent-events log.
+//! - [`files`]: bounded reads, private atomic writes, the state-writer thread.
 //! - [`state`]: persisted per-service state, written atomically.
 //! - [`daemon`]: start-up, signals, readiness, watchdog, shutdown.
 //! - [`deadline`]: saturating deadline arithmetic.
@@ -41,12 +42,14 @@ pub mod daemon;
 pub mod deadline;
 pub mod deploy;
 pub mod event;
+pub mod files;
 pub mod guard;
 pub mod health;
 pub mod manager;
 pub mod manpage;
 pub mod memory;
 pub mod metrics;
+pub mod process;
 pub mod state;
 pub mod supervisor;
 

@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         return check(&args.config);
     }
     // Before any thread exists (the tokio runtime starts them): see its comment.
-    orch::supervisor::process::block_sigchld();
+    orch::process::block_sigchld();
     // Held to the end of main: dropping it writes out the lines still queued.
     let _log_writer = init_tracing();
     match run(args) {

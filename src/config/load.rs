@@ -1,7 +1,7 @@
 //! Reading `orchd.toml` and `units_dir/*.toml` from disk and running every validation
 //! stage over them: the public [`load`] and [`check`] of the config module.
 
-use crate::state::read_bounded_string;
+use crate::files::read_bounded_string;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -19,7 +19,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::ProbeResult;
-use crate::supervisor::process::{SpawnSpec, Spawner, signal_group};
+use crate::process::{SpawnSpec, Spawner, signal_group};
 
 /// What to probe, with `{port}` and `{release}` already substituted.
 #[derive(Debug, Clone)]

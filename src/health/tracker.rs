@@ -9,9 +9,9 @@ use std::collections::VecDeque;
 
 use tokio::time::Instant;
 
+use super::Health;
 use super::ProbeResult;
 use crate::config::HealthConfig;
-use crate::supervisor::Health;
 
 /// Results kept for status.
 pub const KEEP_RESULTS: usize = 10;

@@ -6,13 +6,13 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
-use super::cgroup;
 use super::logs::Stream;
-use super::process::{group_alive, kill_group, signal_group};
 use super::spec::{self, InstanceParams};
 use super::state::Input;
 use super::task::{Instance, Supervisor};
 use crate::event::EventKind;
+use crate::process::cgroup;
+use crate::process::{group_alive, kill_group, signal_group};
 
 impl Supervisor {
     pub(super) async fn spawn(&mut self, slot: usize) -> Input {

@@ -5,14 +5,11 @@
 //! (commands, exits from the reaper, deadlines, dependency changes) to the pure
 //! [`state::Machine`] and performs the actions it returns.
 
-pub mod cgroup;
 pub mod deploy;
 pub mod deps;
 mod instance;
-mod launch;
 pub mod logs;
 mod probing;
-pub mod process;
 pub mod restart;
 pub mod spec;
 pub mod state;
@@ -25,32 +22,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use crate::health::Health;
 pub use state::State;
 pub use task::{Shared, SupervisorSpec, spawn_supervisor};
 
 use crate::config::Unit;
-
-/// Health axis, separate from the state (*contract*: the names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    #[default]
-    None,
-    Starting,
-    Healthy,
-    Unhealthy,
-}
-
-impl Health {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Health::None => "none",
-            Health::Starting => "starting",
-            Health::Healthy => "healthy",
-            Health::Unhealthy => "unhealthy",
-        }
-    }
-}
 
 /// The latest snapshot of one service, published on its `watch`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::config::{Unit, substitute};
 
-use super::process::SpawnSpec;
+use crate::process::SpawnSpec;
 
 /// Variables of orchd's own environment that must not leak into services.
 const SCRUBBED: &[&str] = &[

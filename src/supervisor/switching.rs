@@ -9,11 +9,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::deploy::DeployDone;
-use super::process::SpawnSpec;
 use super::spec::{self, InstanceParams};
 use super::task::{Shared, Supervisor};
 use crate::config::{Unit, substitute};
 use crate::deploy::proxy::Backend;
+use crate::process::SpawnSpec;
 
 /// How long a `switch_command` may run.
 const SWITCH_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -108,7 +108,7 @@ impl SwitchJob {
             )),
             Ok(None) => Err("lost track of the switch command".into()),
             Err(_) => {
-                super::process::signal_group(spawned.pid, nix::sys::signal::Signal::SIGKILL);
+                crate::process::signal_group(spawned.pid, nix::sys::signal::Signal::SIGKILL);
                 Err(format!(
                     "{} did not finish within {}",
                     shown.join(" "),

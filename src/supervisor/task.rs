@@ -15,13 +15,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use super::cgroup::CgroupRoot;
 use super::deploy::DeployDone;
 use super::deploy::DeployRun;
 use super::deps;
 use super::instance::Sweep;
 use super::logs::{Journal, LogHub};
-use super::process::{ExitInfo, Spawner, kill_group, signal_group};
 use super::spec::ServiceEnv;
 use super::state::{Action, Ctx, Deps, Input, Machine, State, describe_exit};
 use super::{Command, DepWatch, Health, Op, ServiceStatus, SupervisorHandle};
@@ -29,6 +27,8 @@ use crate::config::{SwitchMode, Unit};
 use crate::deploy::proxy::{Backend, Proxy};
 use crate::event::{Event, EventBus, EventKind};
 use crate::health::{ProbeClients, ProbeResult, Tracker};
+use crate::process::cgroup::CgroupRoot;
+use crate::process::{ExitInfo, Spawner, kill_group, signal_group};
 
 /// What every supervisor shares: the spawner, containment, the bus.
 #[derive(Clone)]
@@ -245,7 +245,9 @@ pub fn spawn_supervisor(
         probes: probe_rx,
         deploys: deploy_rx,
     };
-    let run = Box::new(sup).run(inputs, start, cancel);
+    // Every line the task logs (the machine's `from -> to` among them) names the service.
+    let span = tracing::info_span!("supervisor", service = %guard.name);
+    let run = tracing::Instrument::instrument(Box::new(sup).run(inputs, start, cancel), span);
     tracker.spawn(async move {
         if let Err(message) = crate::guard::catch(run).await {
             guard.report(&message);

@@ -17,6 +17,9 @@
 //! opening files happen before the lock is taken. This lock guards only that table; no service
 //! state lives behind it.
 
+pub mod cgroup;
+mod launch;
+
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
@@ -29,7 +32,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Gid, Pid, Uid};
 use tokio::sync::{mpsc, oneshot};
 
-use super::launch::{self, Creds, LaunchError, Launcher, Prepared, Step};
+use launch::{Creds, LaunchError, Launcher, Prepared, Step};
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

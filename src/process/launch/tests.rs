@@ -60,7 +60,7 @@ fn run_with(
 /// A cgroup of its own for one test, found as orchd finds its tree (`CgroupRoot`), and
 /// removed with its root (and anything left in them) at the end. None when not root.
 struct TestCgroup {
-    root: crate::supervisor::cgroup::CgroupRoot,
+    root: crate::process::cgroup::CgroupRoot,
     dir: std::path::PathBuf,
     fd: OwnedFd,
 }
@@ -72,7 +72,7 @@ impl TestCgroup {
             return None;
         }
         let id = format!("launch-test.{}.{test}", std::process::id());
-        let root = crate::supervisor::cgroup::CgroupRoot::detect(&id)
+        let root = crate::process::cgroup::CgroupRoot::detect(&id)
             .expect("a writable cgroup v2 tree (/sys/fs/cgroup or /sys/fs/cgroup/unified)");
         let dir = root.instance("svc.0.1").unwrap();
         let fd = OwnedFd::from(std::fs::File::open(&dir).unwrap());
