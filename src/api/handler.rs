@@ -15,6 +15,7 @@ use crate::alert::AlertHandle;
 use crate::config::{bounds, check_release};
 use crate::event::{EventBus, EventLog};
 use crate::manager::{ManagerHandle, Op, is_down, is_settled};
+use crate::supervisor::deploy::DeployRefused;
 use crate::supervisor::{Command as SupCommand, DeployMsg, DeployRequest};
 use crate::supervisor::{ServiceStatus, State};
 
@@ -123,6 +124,15 @@ pub async fn execute(
     }
 }
 
+/// A deploy the supervisor did not accept, as an API error.
+fn refused(e: DeployRefused) -> ApiError {
+    let code = match e {
+        DeployRefused::Busy { .. } => ErrorCode::Busy,
+        DeployRefused::Release(_) | DeployRefused::MonitorOnly(_) => ErrorCode::BadRequest,
+    };
+    ApiError::new(code, e.to_string())
+}
+
 /// A domain value on the wire (its `Serialize` is the contract's JSON).
 fn wire(value: &impl serde::Serialize) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
@@ -158,7 +168,8 @@ async fn deploy(
     }
     let id = accepted
         .await
-        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the service's supervisor is gone"))??;
+        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the service's supervisor is gone"))?
+        .map_err(refused)?;
     if detach {
         return Ok(json!({ "deploy_id": id, "release": release, "detached": true }));
     }

@@ -138,7 +138,7 @@ pub enum Command {
     Deploy {
         request: Box<DeployRequest>,
         progress: mpsc::UnboundedSender<DeployMsg>,
-        reply: oneshot::Sender<Result<String, crate::api::proto::ApiError>>,
+        reply: oneshot::Sender<Result<String, deploy::DeployRefused>>,
     },
     /// Switch back at once if the previous release still runs (during a deploy's watch);
     /// answers the final result, or `None` when a late rollback (a new deploy) is needed.

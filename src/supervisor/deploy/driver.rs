@@ -10,8 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::machine::{Action, Deploy, Input, Plan, RollbackAnswer, SlotView, View};
-use super::{DeployReport, Outcome, Strategy};
-use crate::api::proto::{ApiError, ErrorCode};
+use super::{DeployRefused, DeployReport, Outcome, Strategy};
 use crate::config::{RestartConfig, RestartPolicy, SwitchMode};
 use crate::event::EventKind;
 use crate::supervisor::state::{Input as SlotInput, Machine, State};
@@ -66,33 +65,20 @@ impl Supervisor {
         &mut self,
         req: DeployRequest,
         progress: mpsc::UnboundedSender<DeployMsg>,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, DeployRefused> {
         if let Some(d) = &self.deploy {
-            return Err(ApiError::new(
-                ErrorCode::Busy,
-                format!(
-                    "a deploy of {} is already running: {} started by {} {}s ago; wait for it or run `orchctl rollback {}`",
-                    self.unit.name,
-                    d.describe(),
-                    d.machine.plan.who,
-                    d.machine.elapsed_ms(Instant::now()) / 1000,
-                    self.unit.name
-                ),
-            ));
+            return Err(DeployRefused::Busy {
+                service: self.unit.name.clone(),
+                running: d.describe(),
+                who: d.machine.plan.who.clone(),
+                secs: d.machine.elapsed_ms(Instant::now()) / 1000,
+            });
         }
         // The API checks this too; here because the release becomes part of a path and a
         // command line, whoever asks.
-        if let Err(e) = crate::config::check_release(&req.release) {
-            return Err(ApiError::new(ErrorCode::BadRequest, e.to_string()));
-        }
+        crate::config::check_release(&req.release)?;
         if self.unit.is_monitor_only() {
-            return Err(ApiError::new(
-                ErrorCode::BadRequest,
-                format!(
-                    "{} is monitor-only: there is nothing to deploy",
-                    self.unit.name
-                ),
-            ));
+            return Err(DeployRefused::MonitorOnly(self.unit.name.clone()));
         }
         let cfg = self.unit.deploy.as_ref();
         let millis = SystemTime::now()

@@ -15,6 +15,25 @@ use serde::Serialize;
 
 pub(super) use driver::{DeployDone, DeployRun};
 
+/// Why a deploy was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeployRefused {
+    /// One deploy per service at a time.
+    #[error(
+        "a deploy of {service} is already running: {running} started by {who} {secs}s ago; wait for it or run `orchctl rollback {service}`"
+    )]
+    Busy {
+        service: String,
+        running: String,
+        who: String,
+        secs: u64,
+    },
+    #[error(transparent)]
+    Release(#[from] crate::config::ReleaseNameError),
+    #[error("{0} is monitor-only: there is nothing to deploy")]
+    MonitorOnly(String),
+}
+
 /// How a release replaces another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Strategy {
