@@ -2,7 +2,7 @@
 //! instances, its proxy and its deploy.
 //!
 //! A service has two slots. Normally one (the *active* slot) runs; a deploy starts the new
-//! release in the other, and `deploying.rs` drives the switch. Each slot has its own pure
+//! release in the other, and the deploy machine (`deploy/`) drives the switch. Each slot has its own pure
 //! [`Machine`]; inputs are routed to the slot they concern (exits by pid, probe results by tag).
 
 use std::collections::VecDeque;
