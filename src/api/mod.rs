@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod client;
 pub mod dbus;
+pub mod error;
 pub mod handler;
 pub mod limits;
 pub mod lines;

@@ -2,8 +2,8 @@
 //! "previous release" questions, and — on deploy events from the bus — persist the new active
 //! release and append to the release history.
 
+use super::ManagerError;
 use super::{Entry, Manager};
-use crate::api::proto::{ApiError, ErrorCode};
 use crate::config::UnitEntry;
 use crate::deploy::history::HistoryEntry;
 use crate::event::{Event, EventKind};
@@ -13,21 +13,18 @@ use crate::supervisor::SupervisorHandle;
 const DEFAULT_KEEP: usize = 5;
 
 impl Manager {
-    pub(super) fn supervisor(&self, service: &str) -> Result<SupervisorHandle, ApiError> {
+    pub(super) fn supervisor(&self, service: &str) -> Result<SupervisorHandle, ManagerError> {
         self.lookup(&[service.to_owned()])?;
         match self.services.get(service) {
             Some(Entry::Supervised { handle, .. }) => Ok(handle.clone()),
-            _ => Err(ApiError::new(
-                ErrorCode::Failed,
-                format!(
-                    "{service} has an invalid unit file; fix it and run `orchctl reload` first"
-                ),
-            )),
+            _ => Err(ManagerError::NotDeployable {
+                service: service.to_owned(),
+            }),
         }
     }
 
     /// The service's history (newest last) and the release a rollback would go back to.
-    pub(super) fn history(&self, service: &str) -> Result<super::HistoryAnswer, ApiError> {
+    pub(super) fn history(&self, service: &str) -> Result<super::HistoryAnswer, ManagerError> {
         self.lookup(&[service.to_owned()])?;
         let current = self
             .services
