@@ -44,7 +44,25 @@ trait Manager1 {
     fn service_changed(&self, name: String, state: String, health: String) -> zbus::Result<()>;
     #[zbus(signal)]
     fn deploy_finished(&self, name: String, release: String, result: String) -> zbus::Result<()>;
-    fn deploy(&self, name: &str, release: &str) -> zbus::Result<String>;
+    /// `(deploy_id, result, release, previous, active, duration_ms, reason, rollback, detached)`.
+    #[allow(clippy::type_complexity)]
+    fn deploy(
+        &self,
+        name: &str,
+        release: &str,
+        timeout: &str,
+        detach: bool,
+    ) -> zbus::Result<(
+        String,
+        String,
+        String,
+        String,
+        String,
+        u64,
+        String,
+        bool,
+        bool,
+    )>;
 }
 
 /// A private `dbus-daemon` on a socket anyone may connect to; killed on drop.
@@ -249,9 +267,8 @@ fn dbus_api_lists_restarts_signals_and_refuses_strangers() {
         // A deploy over the bus (restart strategy: sleeper has no [deploy]) answers its
         // result and is announced with DeployFinished.
         let mut finished = proxy.receive_deploy_finished().await.unwrap();
-        let reply = proxy.deploy("sleeper", "r2").await.unwrap();
-        let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
-        assert_eq!(v["result"], "succeeded", "{reply}");
+        let reply = proxy.deploy("sleeper", "r2", "", false).await.unwrap();
+        assert_eq!(reply.1, "succeeded", "{reply:?}");
         let signal = tokio::time::timeout(T, finished.next())
             .await
             .expect("no DeployFinished")
