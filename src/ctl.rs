@@ -27,7 +27,14 @@ impl Output {
     /// An error response: to stderr (JSON on stdout with `--json`, so scripts can read it).
     pub fn error(&self, e: &ApiError) {
         if self.json {
-            println!("{}", serde_json::json!({ "error": e }));
+            /// `{"error": {…}}`, as docs/api.md shows it.
+            #[derive(serde::Serialize)]
+            struct ErrorLine<'a> {
+                error: &'a ApiError,
+            }
+            if let Ok(line) = serde_json::to_value(ErrorLine { error: e }) {
+                println!("{line}");
+            }
         }
         eprintln!("orchctl: {}", e.message);
     }
