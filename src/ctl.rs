@@ -4,10 +4,14 @@
 
 use std::io::Write;
 
+use serde::Deserialize;
 use serde_json::Value;
 
-use crate::api::proto::ApiError;
-use crate::supervisor::{Health, ServiceStatus};
+use crate::api::proto::{
+    AlertTestReply, ApiError, DeployReply, DeployStep, DeployStepKind, Event, HistoryReply,
+    LogLine, Partial, ReloadReport, Reply, ServiceStatus, Silence, StreamItem,
+};
+use crate::supervisor::Health;
 
 /// How to print.
 pub struct Output {
@@ -23,79 +27,71 @@ impl Output {
     /// An error response: to stderr (JSON on stdout with `--json`, so scripts can read it).
     pub fn error(&self, e: &ApiError) {
         if self.json {
-            println!("{}", serde_json::json!({ "error": e }));
+            /// `{"error": {…}}`, as docs/api.md shows it.
+            #[derive(serde::Serialize)]
+            struct ErrorLine<'a> {
+                error: &'a ApiError,
+            }
+            if let Ok(line) = serde_json::to_value(ErrorLine { error: e }) {
+                println!("{line}");
+            }
         }
         eprintln!("orchctl: {}", e.message);
     }
 
-    /// One line of a stream.
-    pub fn partial(&self, _cmd: &str, v: &Value) {
+    /// One line of a stream: as received with `--json`, else read and printed for humans.
+    pub fn partial(&self, raw: &Value) -> Result<(), serde_json::Error> {
         if self.json {
-            println!("{v}");
-        } else if let Some(line) = v.get("line") {
-            println!("{}", log_line(line));
-        } else if let Some(ev) = v.get("event") {
-            println!("{}", event_line(ev));
-        } else if let Some(n) = v.get("skipped") {
-            println!("… {n} skipped (output was faster than this reader)");
-        } else if v.get("step").is_some() {
-            println!("{}", deploy_step(v));
+            println!("{raw}");
+        } else {
+            match Partial::deserialize(raw)? {
+                Partial::Item(StreamItem::Line(line)) => println!("{}", log_line(&line)),
+                Partial::Item(StreamItem::Event(ev)) => println!("{}", event_line(&ev)),
+                Partial::Item(StreamItem::Skipped(n)) => {
+                    println!("… {n} skipped (output was faster than this reader)")
+                }
+                Partial::Step(step) => println!("{}", deploy_step(&step)),
+            }
         }
         let _ = std::io::stdout().flush();
+        Ok(())
     }
 
-    /// The final result of a command.
-    pub fn result(&self, cmd: &str, v: &Value) {
+    /// The final result of command `cmd`: printed as received with `--json`, else read and
+    /// printed for humans. Returns it read, for the exit code.
+    pub fn result(&self, cmd: &str, raw: &Value) -> Result<Reply, serde_json::Error> {
+        let reply = Reply::decode(cmd, raw);
         if self.json {
-            if !v.is_null() {
-                println!("{v}");
+            if !raw.is_null() {
+                println!("{raw}");
             }
-            return;
+            return reply;
         }
-        match cmd {
-            "status" => {
-                print!("{}", self.status_table(v));
-                for t in v
-                    .get("orchd_troubles")
-                    .cloned()
-                    .and_then(|t| serde_json::from_value::<Vec<crate::guard::PartTrouble>>(t).ok())
-                    .unwrap_or_default()
-                {
-                    println!("{} {t}", self.paint("orchd:", "failed"));
+        let reply = reply?;
+        print!("{}", self.human(cmd, &reply));
+        Ok(reply)
+    }
+
+    /// The human form of a result.
+    fn human(&self, cmd: &str, reply: &Reply) -> String {
+        match reply {
+            Reply::Status(r) => {
+                let mut out = self.status_table(&r.services);
+                for t in &r.orchd_troubles {
+                    out.push_str(&format!("{} {t}\n", self.paint("orchd:", "failed")));
                 }
+                out
             }
-            "start" | "stop" | "restart" | "reset" => print!("{}", self.status_table(v)),
-            "logs" => {
-                for l in v
-                    .get("lines")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    println!("{}", log_line(l));
-                }
-            }
-            "events" => {
-                for e in v
-                    .get("events")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    println!("{}", event_line(e));
-                }
-            }
-            "reload" => print!("{}", reload_text(v)),
-            "deploy" | "rollback" => println!("{}", deploy_result(v)),
-            "history" => print!("{}", history_text(v)),
-            "alert-test" => print!("{}", alert_test_text(v)),
-            "silence" | "unsilence" => print!("{}", silence_text(cmd, v)),
-            "silences" => print!("{}", silences_text(v)),
-            _ => {
-                if !v.is_null() {
-                    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-                }
-            }
+            Reply::Services(r) => self.status_table(&r.services),
+            Reply::Logs(r) => r.lines.iter().map(|l| log_line(l) + "\n").collect(),
+            Reply::Events(r) => r.events.iter().map(|e| event_line(e) + "\n").collect(),
+            Reply::Reload(r) => reload_text(r),
+            Reply::Deploy(r) => deploy_result(r) + "\n",
+            Reply::History(r) => history_text(r),
+            Reply::AlertTest(r) => alert_test_text(r),
+            Reply::Silence(r) => silence_text(cmd, &r.silence),
+            Reply::Silences(r) => silences_text(&r.silences),
+            Reply::End(_) | Reply::Nothing => String::new(),
         }
     }
 
@@ -113,12 +109,7 @@ impl Output {
     }
 
     /// The aligned `status` table; reasons follow on indented lines.
-    pub fn status_table(&self, v: &Value) -> String {
-        let list: Vec<ServiceStatus> = v
-            .get("services")
-            .cloned()
-            .and_then(|s| serde_json::from_value(s).ok())
-            .unwrap_or_default();
+    pub fn status_table(&self, list: &[ServiceStatus]) -> String {
         let header = [
             "NAME", "STATE", "HEALTH", "PID", "RELEASE", "RESTARTS", "SINCE",
         ];
@@ -158,7 +149,7 @@ impl Output {
                 out.push('\n');
             };
         line(&header.map(str::to_owned), &mut out, &|_, c| c.to_owned());
-        for (r, s) in rows.iter().zip(&list) {
+        for (r, s) in rows.iter().zip(list) {
             line(r, &mut out, &|i, c| {
                 if i == 1 || i == 2 {
                     self.paint(c, c)
@@ -212,57 +203,44 @@ pub fn short_duration(secs: u64) -> String {
     }
 }
 
-fn log_line(l: &Value) -> String {
-    let s = |k: &str| l.get(k).and_then(Value::as_str).unwrap_or("");
-    format!(
-        "{} [{}] {}",
-        s("time"),
-        l.get("pid").and_then(Value::as_i64).unwrap_or(0),
-        s("line")
-    )
+fn log_line(l: &LogLine) -> String {
+    format!("{} [{}] {}", l.time, l.pid, l.line)
 }
 
-fn event_line(e: &Value) -> String {
-    let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("");
+/// `TIME SERVICE KIND field=value…`: the fields of the kind in name order, as JSON shows them
+/// (strings bare), nulls left out.
+fn event_line(e: &Event) -> String {
+    let mut kind = String::new();
     let mut details: Vec<String> = Vec::new();
-    if let Some(obj) = e.as_object() {
-        for (k, v) in obj {
-            if !matches!(k.as_str(), "time" | "service" | "kind") && !v.is_null() {
-                let v = v
-                    .as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| v.to_string());
-                details.push(format!("{k}={v}"));
+    if let Ok(Value::Object(fields)) = serde_json::to_value(&e.kind) {
+        for (k, v) in fields {
+            match (k.as_str(), v) {
+                ("kind", Value::String(name)) => kind = name,
+                (_, Value::Null) => {}
+                (_, Value::String(text)) => details.push(format!("{k}={text}")),
+                (_, v) => details.push(format!("{k}={v}")),
             }
         }
     }
-    format!(
-        "{} {} {} {}",
-        s("time"),
-        s("service"),
-        s("kind"),
-        details.join(" ")
-    )
-    .trim_end()
-    .to_owned()
+    format!("{} {} {kind} {}", e.time, e.service, details.join(" "))
+        .trim_end()
+        .to_owned()
 }
 
-fn reload_text(v: &Value) -> String {
+fn reload_text(r: &ReloadReport) -> String {
     let mut out = String::new();
-    let dry = v.get("dry_run").and_then(Value::as_bool).unwrap_or(false);
-    out.push_str(if dry {
+    out.push_str(if r.dry_run {
         "reload plan (dry run, nothing changed):\n"
     } else {
         "reloaded:\n"
     });
-    for key in ["added", "removed", "restarted", "updated", "unchanged"] {
-        let names: Vec<&str> = v
-            .get(key)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+    for (key, names) in [
+        ("added", &r.added),
+        ("removed", &r.removed),
+        ("restarted", &r.restarted),
+        ("updated", &r.updated),
+        ("unchanged", &r.unchanged),
+    ] {
         let list = if names.is_empty() {
             "-".to_owned()
         } else {
@@ -270,73 +248,51 @@ fn reload_text(v: &Value) -> String {
         };
         out.push_str(&format!("  {key:<10} {list}\n"));
     }
-    for n in v
-        .get("notes")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-    {
+    for n in &r.notes {
         out.push_str(&format!("  note: {n}\n"));
     }
     out
 }
 
-fn alert_test_text(v: &Value) -> String {
+fn alert_test_text(r: &AlertTestReply) -> String {
     let mut out = String::new();
-    for c in v
-        .get("channels")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let name = c.get("channel").and_then(Value::as_str).unwrap_or("?");
-        match c.get("error").and_then(Value::as_str) {
-            None => out.push_str(&format!("{name}: delivered\n")),
-            Some(e) => out.push_str(&format!("{name}: error: {e}\n")),
+    for c in &r.channels {
+        match &c.error {
+            None => out.push_str(&format!("{}: delivered\n", c.channel)),
+            Some(e) => out.push_str(&format!("{}: error: {e}\n", c.channel)),
         }
     }
     out
 }
 
-fn silence_line(s: &Value) -> String {
-    let f = |k: &str| s.get(k).and_then(Value::as_str).unwrap_or("-");
-    let mut line = format!("{}  {}  until {}", f("id"), f("target"), f("until"));
-    let held = s.get("held").and_then(Value::as_array).map_or(0, Vec::len);
-    if held > 0 {
-        line.push_str(&format!("  ({held} held back)"));
+fn silence_line(s: &Silence) -> String {
+    let mut line = format!("{}  {}  until {}", s.id, s.target, s.until);
+    if !s.held.is_empty() {
+        line.push_str(&format!("  ({} held back)", s.held.len()));
     }
-    if let Some(r) = s.get("reason").and_then(Value::as_str) {
+    if let Some(r) = &s.reason {
         line.push_str(&format!("  reason: {r}"));
     }
     line
 }
 
-fn silence_text(cmd: &str, v: &Value) -> String {
-    let s = v.get("silence").cloned().unwrap_or(Value::Null);
+fn silence_text(cmd: &str, s: &Silence) -> String {
     let verb = if cmd == "silence" {
         "silenced"
     } else {
         "ended"
     };
-    format!("{verb}: {}\n", silence_line(&s))
+    format!("{verb}: {}\n", silence_line(s))
 }
 
-fn silences_text(v: &Value) -> String {
-    let list: Vec<&Value> = v
-        .get("silences")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .collect();
+fn silences_text(list: &[Silence]) -> String {
     if list.is_empty() {
         return "no active silences\n".to_owned();
     }
     list.iter().map(|s| silence_line(s) + "\n").collect()
 }
 
-fn ms_text(v: &Value, key: &str) -> String {
-    let ms = v.get(key).and_then(Value::as_u64).unwrap_or(0);
+fn ms_text(ms: u64) -> String {
     if ms < 1000 {
         format!("{ms} ms")
     } else {
@@ -345,97 +301,86 @@ fn ms_text(v: &Value, key: &str) -> String {
 }
 
 /// One line per deploy step, as it happens.
-fn deploy_step(v: &Value) -> String {
-    let s = |k: &str| {
-        v.get(k)
-            .map(|x| {
-                x.as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| x.to_string())
-            })
-            .unwrap_or_default()
-    };
-    match s("step").as_str() {
-        "deploying" => format!(
-            "deploying {} (previous {}, {})",
-            s("release"),
-            s("previous"),
-            s("strategy")
+fn deploy_step(step: &DeployStep) -> String {
+    match &step.kind {
+        DeployStepKind::Deploying {
+            release,
+            previous,
+            strategy,
+        } => format!(
+            "deploying {release} (previous {previous}, {})",
+            strategy.as_str()
         ),
-        "started" => match v.get("port").and_then(Value::as_u64) {
-            Some(port) => format!("started {} on port {port} (pid {})", s("release"), s("pid")),
-            None => format!("started {} (pid {})", s("release"), s("pid")),
-        },
-        "healthy" => format!("{} is ready after {}", s("release"), ms_text(v, "after_ms")),
-        "switched" => format!(
-            "switched: new requests go to {} on port {}",
-            s("release"),
-            s("port")
+        DeployStepKind::Started {
+            release,
+            pid,
+            port: Some(port),
+            ..
+        } => format!("started {release} on port {port} (pid {pid})"),
+        DeployStepKind::Started { release, pid, .. } => format!("started {release} (pid {pid})"),
+        DeployStepKind::Healthy { release, after_ms } => {
+            format!("{release} is ready after {}", ms_text(*after_ms))
+        }
+        DeployStepKind::Switched { release, port } => format!(
+            "switched: new requests go to {release} on port {}",
+            port.map_or_else(|| "-".to_owned(), |p| p.to_string())
         ),
-        "watching" => format!("watching {} for {}", s("release"), ms_text(v, "for_ms")),
-        "old_stopped" => format!("old release {} stopped", s("release")),
-        other => format!("{other}: {v}"),
+        DeployStepKind::Watching { release, for_ms } => {
+            format!("watching {release} for {}", ms_text(*for_ms))
+        }
+        DeployStepKind::OldStopped { release } => format!("old release {release} stopped"),
     }
 }
 
 /// The final line of a deploy or rollback.
-fn deploy_result(v: &Value) -> String {
-    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-    if v.get("detached").is_some() {
-        return format!(
-            "deploy {} of {} started; follow it with `orchctl events -f`",
-            s("deploy_id"),
-            s("release")
-        );
-    }
-    let took = ms_text(v, "duration_ms");
-    match s("result").as_str() {
-        "succeeded" => format!(
+fn deploy_result(r: &DeployReply) -> String {
+    use crate::api::proto::DeployOutcome;
+    let f = match r {
+        DeployReply::Detached(d) => {
+            return format!(
+                "deploy {} of {} started; follow it with `orchctl events -f`",
+                d.deploy_id, d.release
+            );
+        }
+        DeployReply::Finished(f) => f,
+    };
+    let took = ms_text(f.duration_ms);
+    let reason = f.reason.as_deref().unwrap_or("");
+    match f.result {
+        DeployOutcome::Succeeded => format!(
             "deploy {} succeeded: {} is active (took {took})",
-            s("deploy_id"),
-            s("release")
+            f.deploy_id, f.release
         ),
-        "rolled_back" => format!(
-            "deploy {} ROLLED BACK: {} serves again; {}",
-            s("deploy_id"),
-            s("previous"),
-            s("reason")
+        DeployOutcome::RolledBack => format!(
+            "deploy {} ROLLED BACK: {} serves again; {reason}",
+            f.deploy_id, f.previous
         ),
-        _ => format!(
-            "deploy {} FAILED: {} still serves; {}",
-            s("deploy_id"),
-            s("previous"),
-            s("reason")
+        DeployOutcome::Failed => format!(
+            "deploy {} FAILED: {} still serves; {reason}",
+            f.deploy_id, f.previous
         ),
     }
 }
 
 /// `orchctl history SVC`: newest first.
-fn history_text(v: &Value) -> String {
+fn history_text(h: &HistoryReply) -> String {
     let mut out =
         String::from("FINISHED                  RELEASE  PREVIOUS  RESULT       DURATION  WHO\n");
-    for e in v
-        .get("history")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .rev()
-    {
-        let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
+    for e in h.history.iter().rev() {
         out.push_str(&format!(
             "{:<25} {:<8} {:<9} {:<12} {:<9} {}\n",
-            s("finished"),
-            s("release"),
-            s("previous"),
-            s("result"),
-            ms_text(e, "duration_ms"),
-            s("who")
+            e.finished,
+            e.release,
+            e.previous,
+            e.result,
+            ms_text(e.duration_ms),
+            e.who
         ));
-        if let Some(r) = e.get("reason").and_then(Value::as_str) {
+        if let Some(r) = &e.reason {
             out.push_str(&format!("  └ {r}\n"));
         }
     }
-    if let Some(p) = v.get("rollback_to").and_then(Value::as_str) {
+    if let Some(p) = &h.rollback_to {
         out.push_str(&format!("`orchctl rollback` would go back to {p}\n"));
     }
     out
@@ -448,19 +393,18 @@ mod tests {
     #[test]
     fn alert_output() {
         let v = serde_json::json!({"channels":[{"channel":"oncall","delivered":true},{"channel":"slack","delivered":false,"error":"POST https://hooks.slack.com/…: HTTP 404 Not Found"}]});
+        let v: AlertTestReply = serde_json::from_value(v).unwrap();
         assert_eq!(
             alert_test_text(&v),
             "oncall: delivered\nslack: error: POST https://hooks.slack.com/…: HTTP 404 Not Found\n"
         );
-        let s = serde_json::json!({"id":"s0a1b2c","target":"api","until":"2026-01-01T02:00:00Z","reason":"migration","held":[{}]});
+        let s = serde_json::json!({"id":"s0a1b2c","target":"api","created":"2026-01-01T00:00:00Z","until":"2026-01-01T02:00:00Z","reason":"migration","held":[{"time":"2026-01-01T00:10:00Z","service":"api","summary":"api failed"}]});
+        let s: Silence = serde_json::from_value(s).unwrap();
         assert_eq!(
-            silence_text("silence", &serde_json::json!({ "silence": s })),
+            silence_text("silence", &s),
             "silenced: s0a1b2c  api  until 2026-01-01T02:00:00Z  (1 held back)  reason: migration\n"
         );
-        assert_eq!(
-            silences_text(&serde_json::json!({"silences":[]})),
-            "no active silences\n"
-        );
+        assert_eq!(silences_text(&[]), "no active silences\n");
     }
 
     #[test]
@@ -477,7 +421,8 @@ mod tests {
             {"name":"api","state":"running","health":"none","pid":42,"release":"v1","restarts":0,"since":"2000-01-01T00:00:00Z","want_up":true,"ready":true},
             {"name":"worker-long","state":"failed","health":"none","pid":null,"release":"current","restarts":5,"since":"bad","reason":"gave up","want_up":true,"ready":false}
         ]});
-        let t = Output::new(false, false).status_table(&v);
+        let v: crate::api::proto::ServicesReply = serde_json::from_value(v).unwrap();
+        let t = Output::new(false, false).status_table(&v.services);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
             lines[0],

@@ -291,7 +291,7 @@ async fn reload(manager: &ManagerHandle) {
         Ok(r) => {
             tracing::info!(added = ?r.added, removed = ?r.removed, restarted = ?r.restarted, updated = ?r.updated, "reloaded")
         }
-        Err(e) => tracing::error!("reload refused: {}", e.message),
+        Err(e) => tracing::error!("reload refused: {e}"),
     }
 }
 

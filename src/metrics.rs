@@ -211,7 +211,7 @@ async fn answer<B>(
                 Ok(Err(e)) => reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain; charset=utf-8",
-                    format!("orchd cannot answer: {}\n", e.message),
+                    format!("orchd cannot answer: {e}\n"),
                 ),
                 Err(_) => reply(
                     StatusCode::SERVICE_UNAVAILABLE,

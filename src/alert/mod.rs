@@ -9,6 +9,7 @@
 //! never crashes anything: failures are logged and counted in [`Stats`].
 
 pub mod email;
+mod error;
 pub mod message;
 pub mod outbox;
 pub mod policy;
@@ -23,11 +24,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+pub use error::AlertError;
 pub use message::{Alert, AlertEvent};
 pub use silence::Silence;
 pub use task::{AlerterSpec, spawn};
 
-use crate::api::proto::{ApiError, ErrorCode};
 use crate::config::{AlertsConfig, UnitEntry};
 
 /// A failed delivery attempt. `message` never contains a secret.
@@ -126,20 +127,20 @@ pub struct ChannelReport {
 pub enum Cmd {
     Test {
         channel: Option<String>,
-        reply: oneshot::Sender<Result<Vec<ChannelReport>, ApiError>>,
+        reply: oneshot::Sender<Result<Vec<ChannelReport>, AlertError>>,
     },
     Silence {
         target: String,
         duration: Duration,
         reason: Option<String>,
-        reply: oneshot::Sender<Result<Silence, ApiError>>,
+        reply: oneshot::Sender<Result<Silence, AlertError>>,
     },
     Silences {
         reply: oneshot::Sender<Vec<Silence>>,
     },
     Unsilence {
         id: String,
-        reply: oneshot::Sender<Result<Silence, ApiError>>,
+        reply: oneshot::Sender<Result<Silence, AlertError>>,
     },
     /// A reload: new channels, repeat interval and units (routing, health, `reset_after`).
     Reconfigure {
@@ -161,23 +162,19 @@ pub fn channel() -> (AlertHandle, mpsc::UnboundedReceiver<Cmd>) {
     (AlertHandle { tx }, rx)
 }
 
-fn gone() -> ApiError {
-    ApiError::new(
-        ErrorCode::Unavailable,
-        "the alerter did not answer: orchd is stopping, or the alerter crashed and is being \
-         started again (see `orchctl status`); try again",
-    )
+fn gone() -> AlertError {
+    AlertError::Gone
 }
 
 impl AlertHandle {
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, ApiError> {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, AlertError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(make(reply)).map_err(|_| gone())?;
         rx.await.map_err(|_| gone())
     }
 
     /// Send a test alert through every channel, or one; reports per channel.
-    pub async fn test(&self, channel: Option<String>) -> Result<Vec<ChannelReport>, ApiError> {
+    pub async fn test(&self, channel: Option<String>) -> Result<Vec<ChannelReport>, AlertError> {
         self.ask(|reply| Cmd::Test { channel, reply }).await?
     }
 
@@ -186,7 +183,7 @@ impl AlertHandle {
         target: String,
         duration: Duration,
         reason: Option<String>,
-    ) -> Result<Silence, ApiError> {
+    ) -> Result<Silence, AlertError> {
         self.ask(|reply| Cmd::Silence {
             target,
             duration,
@@ -196,11 +193,11 @@ impl AlertHandle {
         .await?
     }
 
-    pub async fn silences(&self) -> Result<Vec<Silence>, ApiError> {
+    pub async fn silences(&self) -> Result<Vec<Silence>, AlertError> {
         self.ask(|reply| Cmd::Silences { reply }).await
     }
 
-    pub async fn unsilence(&self, id: String) -> Result<Silence, ApiError> {
+    pub async fn unsilence(&self, id: String) -> Result<Silence, AlertError> {
         self.ask(|reply| Cmd::Unsilence { id, reply }).await?
     }
 

@@ -18,12 +18,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::AlertError;
 use super::message::{Alert, AlertEvent, Facts, OUTPUT_LINES};
 use super::outbox::{self, Outbox, Pending};
 use super::policy::{Notice, Policy, UnitInfo};
 use super::silence::{self, Silences};
 use super::{ChannelReport, Channels, Cmd, Stats};
-use crate::api::proto::{ApiError, ErrorCode};
 use crate::config::{AlertsConfig, UnitEntry};
 use crate::event::Event;
 use crate::manager::ManagerHandle;
@@ -193,14 +193,9 @@ impl Alerter {
                 reply,
             } => {
                 if self.silences.full() {
-                    let _ = reply.send(Err(ApiError::new(
-                        ErrorCode::Busy,
-                        format!(
-                            "{} silences are active, the most orchd keeps; end some with \
-                             `orchctl unsilence ID` (see `orchctl silences`)",
-                            silence::MAX_SILENCES
-                        ),
-                    )));
+                    let _ = reply.send(Err(AlertError::TooManySilences {
+                        max: silence::MAX_SILENCES,
+                    }));
                     return;
                 }
                 let s = self
@@ -219,10 +214,7 @@ impl Alerter {
                         self.silence_ended(s.clone());
                         Ok(s)
                     }
-                    None => Err(ApiError::new(
-                        ErrorCode::NotFound,
-                        format!("no silence {id:?}; see `orchctl silences`"),
-                    )),
+                    None => Err(AlertError::NoSuchSilence { id }),
                 };
                 let _ = reply.send(result);
             }
@@ -342,7 +334,7 @@ impl Alerter {
     fn test(
         &self,
         channel: Option<String>,
-        reply: tokio::sync::oneshot::Sender<Result<Vec<ChannelReport>, ApiError>>,
+        reply: tokio::sync::oneshot::Sender<Result<Vec<ChannelReport>, AlertError>>,
     ) {
         if crate::guard::test_panic_requested("alerter") {
             panic!("test panic requested by ORCHD_TEST_PANIC");
@@ -356,14 +348,12 @@ impl Alerter {
                 } else {
                     names.join(", ")
                 };
-                let msg = format!("no alert channel {c:?}; channels: {known}");
-                let _ = reply.send(Err(ApiError::new(ErrorCode::NotFound, msg)));
+                let _ = reply.send(Err(AlertError::NoSuchChannel { channel: c, known }));
                 return;
             }
             Some(c) => vec![c],
             None if names.is_empty() => {
-                let msg = "no alert channels are configured ([[alerts.email]], [[alerts.webhook]] in orchd.toml)";
-                let _ = reply.send(Err(ApiError::new(ErrorCode::Failed, msg)));
+                let _ = reply.send(Err(AlertError::NoChannels));
                 return;
             }
             None => names,

@@ -2,29 +2,32 @@
 //!
 //! A thin adapter over [`handler::execute`]: every method builds a typed [`Command`],
 //! authorizes the caller by the uid and pid the bus daemon vouches for, under the same rules as
-//! the socket (`auth.rs`), and runs it. It holds no daemon state. `ServiceChanged` follows the
+//! the socket (`auth.rs`), runs it, and maps the typed [`Reply`] to the D-Bus structs of
+//! `dbus/types.rs`. It holds no daemon state. `ServiceChanged` follows the
 //! services' status watches. The daemon spawns [`serve`]; a bus that can't be reached is a
 //! warning, never fatal: the socket API does not depend on D-Bus.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+mod types;
+
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use zbus::fdo::DBusProxy;
+use zbus::interface;
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::proxy::CacheProperties;
-use zbus::{DBusError, Type, interface};
 
 use super::auth::{self, Caller};
 use super::handler::{self, Context};
-use super::proto::{ApiError, Command, ErrorCode, READ_ONLY};
+use super::proto::{Command, READ_ONLY, Reply as ApiReply};
 use crate::config::{ApiConfig, DbusMode};
 use crate::supervisor::{Health, ServiceStatus, State};
+
+pub use types::{DeployInfo, HistoryInfo, Manager1Error, ReloadInfo, ServiceInfo};
 
 /// The well-known bus name orchd owns.
 pub const BUS_NAME: &str = "io.orchd.Manager1";
@@ -57,71 +60,6 @@ pub enum DbusError {
         bus: &'static str,
         source: zbus::Error,
     },
-}
-
-/// One service as D-Bus returns it: `(sssisus)`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
-pub struct ServiceInfo {
-    pub name: String,
-    /// A state name of DESIGN §2 (`running`, `backoff`, `bad-setting`, …).
-    pub state: String,
-    /// `none`, `starting`, `healthy` or `unhealthy`.
-    pub health: String,
-    /// The main process, 0 when there is none.
-    pub pid: i32,
-    pub release: String,
-    pub restarts: u32,
-    /// When the service entered its current state, RFC 3339 UTC.
-    pub since: String,
-}
-
-impl From<&ServiceStatus> for ServiceInfo {
-    fn from(s: &ServiceStatus) -> Self {
-        ServiceInfo {
-            name: s.name.clone(),
-            state: s.state.as_str().to_owned(),
-            health: s.health.as_str().to_owned(),
-            pid: s.pid.unwrap_or(0),
-            release: s.release.clone(),
-            restarts: s.restarts,
-            since: s.since.clone(),
-        }
-    }
-}
-
-/// The error replies of `io.orchd.Manager1`: `io.orchd.Manager1.Error.<Code>` with the
-/// handler's message; one variant per [`ErrorCode`].
-#[derive(Debug, DBusError)]
-#[zbus(prefix = "io.orchd.Manager1.Error")]
-pub enum Manager1Error {
-    #[zbus(error)]
-    ZBus(zbus::Error),
-    BadRequest(String),
-    UnknownCommand(String),
-    NotFound(String),
-    Invalid(String),
-    PermissionDenied(String),
-    Failed(String),
-    NotSupported(String),
-    Busy(String),
-    Unavailable(String),
-}
-
-impl From<ApiError> for Manager1Error {
-    fn from(e: ApiError) -> Self {
-        let m = e.message;
-        match e.code {
-            ErrorCode::BadRequest => Manager1Error::BadRequest(m),
-            ErrorCode::UnknownCommand => Manager1Error::UnknownCommand(m),
-            ErrorCode::NotFound => Manager1Error::NotFound(m),
-            ErrorCode::Invalid => Manager1Error::Invalid(m),
-            ErrorCode::PermissionDenied => Manager1Error::PermissionDenied(m),
-            ErrorCode::Failed => Manager1Error::Failed(m),
-            ErrorCode::NotSupported => Manager1Error::NotSupported(m),
-            ErrorCode::Busy => Manager1Error::Busy(m),
-            ErrorCode::Unavailable => Manager1Error::Unavailable(m),
-        }
-    }
 }
 
 /// What the adapter's helpers return. (The `interface` methods spell out `Result`: the macro
@@ -162,7 +100,7 @@ impl Manager1 {
     }
 
     /// Authorize `cmd` for the sender of `hdr` and run it; the handler's result.
-    async fn run(&self, hdr: &Header<'_>, cmd: Command) -> Reply<Value> {
+    async fn run(&self, hdr: &Header<'_>, cmd: Command) -> Reply<ApiReply> {
         let caller = self.caller(hdr).await?;
         let rights = auth::rights(&self.api, &caller);
         if let Err(e) = rights.check(&cmd, &caller) {
@@ -184,21 +122,26 @@ impl Manager1 {
     }
 
     async fn services(&self, hdr: &Header<'_>, cmd: Command) -> Reply<Vec<ServiceInfo>> {
-        let result = self.run(hdr, cmd).await?;
-        services_of(result)
+        match self.run(hdr, cmd).await? {
+            ApiReply::Status(r) => Ok(r.services.iter().map(ServiceInfo::from).collect()),
+            ApiReply::Services(r) => Ok(r.services.iter().map(ServiceInfo::from).collect()),
+            other => Err(unexpected(&other)),
+        }
     }
 
-    async fn json(&self, hdr: &Header<'_>, cmd: Command) -> Reply<String> {
-        let result = self.run(hdr, cmd).await?;
-        Ok(result.to_string())
+    async fn deploy_info(&self, hdr: &Header<'_>, cmd: Command) -> Reply<DeployInfo> {
+        match self.run(hdr, cmd).await? {
+            ApiReply::Deploy(r) => Ok(DeployInfo::from(r)),
+            other => Err(unexpected(&other)),
+        }
     }
 }
 
-/// The `services` list of a status or control result, typed.
-fn services_of(mut result: Value) -> Reply<Vec<ServiceInfo>> {
-    let list: Vec<ServiceStatus> = serde_json::from_value(result["services"].take())
-        .map_err(|e| Manager1Error::Failed(format!("unexpected result from orchd: {e}")))?;
-    Ok(list.iter().map(ServiceInfo::from).collect())
+/// A reply of another command than the one asked: a bug, said as such.
+fn unexpected(reply: &ApiReply) -> Manager1Error {
+    Manager1Error::Failed(format!(
+        "orchd answered with an unexpected result ({reply:?}); this is a bug, please report it"
+    ))
 }
 
 #[interface(name = "io.orchd.Manager1")]
@@ -268,50 +211,63 @@ impl Manager1 {
         self.services(&hdr, cmd).await
     }
 
-    /// Re-read the configuration; the reload report as JSON.
+    /// Re-read the configuration; what changed (or, with `dry_run`, would change).
     async fn reload(
         &self,
         #[zbus(header)] hdr: Header<'_>,
         dry_run: bool,
-    ) -> Result<String, Manager1Error> {
-        self.json(&hdr, Command::Reload { dry_run }).await
+    ) -> Result<(ReloadInfo,), Manager1Error> {
+        match self.run(&hdr, Command::Reload { dry_run }).await? {
+            ApiReply::Reload(r) => Ok((ReloadInfo::from(r),)),
+            other => Err(unexpected(&other)),
+        }
     }
 
-    /// Deploy `release` of a service; the deploy result as JSON.
+    /// Deploy `release` of a service; `timeout` ("" = the unit's) overrides `[deploy]
+    /// timeout`; with `detach` the answer comes once the deploy is accepted.
     async fn deploy(
         &self,
         #[zbus(header)] hdr: Header<'_>,
         name: String,
         release: String,
-    ) -> Result<String, Manager1Error> {
+        timeout: String,
+        detach: bool,
+    ) -> Result<(DeployInfo,), Manager1Error> {
         let cmd = Command::Deploy {
             service: name,
             release,
-            timeout: None,
-            detach: false,
+            timeout: (!timeout.is_empty()).then_some(timeout),
+            detach,
         };
-        self.json(&hdr, cmd).await
+        Ok((self.deploy_info(&hdr, cmd).await?,))
     }
 
-    /// Roll a service back to release `to` ("" = the previous one); the result as JSON.
+    /// Roll a service back to release `to` ("" = the previous one).
     async fn rollback(
         &self,
         #[zbus(header)] hdr: Header<'_>,
         name: String,
         to: String,
-    ) -> Result<String, Manager1Error> {
+    ) -> Result<(DeployInfo,), Manager1Error> {
         let to = (!to.is_empty()).then_some(to);
         let cmd = Command::Rollback { service: name, to };
-        self.json(&hdr, cmd).await
+        Ok((self.deploy_info(&hdr, cmd).await?,))
     }
 
-    /// A service's deploy history as JSON.
+    /// A service's deploy history (oldest first) and the release a rollback would go back to
+    /// ("" when none is known).
     async fn history(
         &self,
         #[zbus(header)] hdr: Header<'_>,
         name: String,
-    ) -> Result<String, Manager1Error> {
-        self.json(&hdr, Command::History { service: name }).await
+    ) -> Result<(Vec<HistoryInfo>, String), Manager1Error> {
+        match self.run(&hdr, Command::History { service: name }).await? {
+            ApiReply::History(h) => Ok((
+                h.history.into_iter().map(HistoryInfo::from).collect(),
+                h.rollback_to.unwrap_or_default(),
+            )),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// orchd's version, e.g. `0.1.0 (abc1234)`.
@@ -515,60 +471,16 @@ async fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::proto::{ServicesReply, StatusReply};
 
     #[test]
-    fn service_info_is_a_flat_struct() {
-        assert_eq!(ServiceInfo::SIGNATURE, "(sssisus)");
-        let mut s = ServiceStatus::new("api", "current");
-        let info = ServiceInfo::from(&s);
-        assert_eq!(
-            (info.state.as_str(), info.health.as_str(), info.pid),
-            ("inactive", "none", 0)
-        );
-        s.pid = Some(42);
-        s.state = State::BadSetting;
-        let info = ServiceInfo::from(&s);
-        assert_eq!((info.state.as_str(), info.pid), ("bad-setting", 42));
-    }
-
-    #[test]
-    fn api_errors_become_named_dbus_errors() {
-        let cases = [
-            (ErrorCode::PermissionDenied, "PermissionDenied"),
-            (ErrorCode::NotFound, "NotFound"),
-            (ErrorCode::NotSupported, "NotSupported"),
-            (ErrorCode::Failed, "Failed"),
-            (ErrorCode::BadRequest, "BadRequest"),
-            (ErrorCode::UnknownCommand, "UnknownCommand"),
-            (ErrorCode::Invalid, "Invalid"),
-            (ErrorCode::Busy, "Busy"),
-            (ErrorCode::Unavailable, "Unavailable"),
-        ];
-        for (code, name) in cases {
-            let e = Manager1Error::from(ApiError::new(code, "why"));
-            assert_eq!(
-                zbus::DBusError::name(&e).as_str(),
-                format!("io.orchd.Manager1.Error.{name}")
-            );
-            assert_eq!(zbus::DBusError::description(&e), Some("why"));
-        }
-    }
-
-    #[test]
-    fn control_results_are_typed() {
-        let mut s = ServiceStatus::new("web", "r1");
-        s.state = State::Running;
-        s.pid = Some(7);
-        let v = serde_json::json!({ "services": [s] });
-        let list = services_of(v).unwrap();
-        assert_eq!(list.len(), 1);
-        assert_eq!(
-            (list[0].name.as_str(), list[0].state.as_str(), list[0].pid),
-            ("web", "running", 7)
-        );
-        assert!(matches!(
-            services_of(serde_json::json!({})),
-            Err(Manager1Error::Failed(_))
-        ));
+    fn unexpected_replies_are_failures() {
+        let r = ApiReply::Services(ServicesReply { services: vec![] });
+        assert!(matches!(unexpected(&r), Manager1Error::Failed(m) if m.contains("this is a bug")));
+        let r = ApiReply::Status(StatusReply {
+            services: vec![ServiceStatus::new("web", "r1")],
+            orchd_troubles: vec![],
+        });
+        assert!(matches!(unexpected(&r), Manager1Error::Failed(_)));
     }
 }

@@ -1,7 +1,9 @@
 //! Executes one authorized [`Command`] against the manager. Shared by every front end.
 //!
-//! Plain commands return one result; streaming ones (`logs -f`, `events -f`) send partial
-//! results on a channel until the client goes away (the caller drops the future).
+//! Plain commands return one [`Reply`]; streaming ones (`logs -f`, `events -f`, deploys) send
+//! [`Partial`] results on a channel until the client goes away (the caller drops the future).
+//! The deploy path still receives JSON from the supervisor: [`typed_deploy`] reads it into the
+//! wire types at this edge.
 
 use std::time::Duration;
 
@@ -10,7 +12,11 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 use super::auth::{Caller, Rights};
-use super::proto::{ApiError, Command, ErrorCode};
+use super::proto::{
+    AlertTestReply, ApiError, Command, DeployReply, DeployStep, ErrorCode, EventsReply,
+    HistoryReply, LogsReply, Partial, Reply, ServicesReply, SilenceReply, SilencesReply,
+    StatusReply, StreamEnd, StreamItem,
+};
 use crate::alert::AlertHandle;
 use crate::config::{bounds, check_release};
 use crate::event::{EventBus, EventLog};
@@ -53,8 +59,8 @@ pub async fn execute(
     rights: &Rights,
     caller: &Caller,
     cmd: Command,
-    partial: mpsc::Sender<Value>,
-) -> Result<Value, ApiError> {
+    partial: mpsc::Sender<Partial>,
+) -> Result<Reply, ApiError> {
     match cmd {
         Command::Status { mut services } => {
             if services.is_empty() {
@@ -62,14 +68,13 @@ pub async fn execute(
                     services = visible;
                 }
             }
-            let list = ctx.manager.status(services).await?;
-            let troubles = ctx.parts.troubles();
-            if troubles.is_empty() {
-                Ok(json!({ "services": list }))
-            } else {
-                // Only when a part of orchd crashed: a part that is not running must be seen.
-                Ok(json!({ "services": list, "orchd_troubles": troubles }))
-            }
+            let services = ctx.manager.status(services).await?;
+            // Listed only when a part of orchd crashed: a part that is not running must be seen.
+            let orchd_troubles = ctx.parts.troubles();
+            Ok(Reply::Status(StatusReply {
+                services,
+                orchd_troubles,
+            }))
         }
         Command::Start { services } => control(ctx, Op::Start, services).await,
         Command::Stop { services } => control(ctx, Op::Stop, services).await,
@@ -77,18 +82,19 @@ pub async fn execute(
         Command::Reset { services } => control(ctx, Op::Reset, services).await,
         Command::Logs { service, n, follow } => logs(ctx, service, n, follow, partial).await,
         Command::Events { follow, n } => events(ctx, follow, n, partial).await,
-        Command::Reload { dry_run } => {
-            let report = ctx.manager.reload(dry_run).await?;
-            Ok(serde_json::to_value(report).unwrap_or(Value::Null))
-        }
+        Command::Reload { dry_run } => Ok(Reply::Reload(ctx.manager.reload(dry_run).await?)),
         Command::AlertTest { channel } => alert_test(ctx, channel).await,
         Command::Silence {
             target,
             duration,
             reason,
         } => silence(ctx, target, &duration, reason).await,
-        Command::Silences {} => Ok(json!({ "silences": ctx.alerts.silences().await? })),
-        Command::Unsilence { id } => Ok(json!({ "silence": ctx.alerts.unsilence(id).await? })),
+        Command::Silences {} => Ok(Reply::Silences(SilencesReply {
+            silences: ctx.alerts.silences().await?,
+        })),
+        Command::Unsilence { id } => Ok(Reply::Silence(SilenceReply {
+            silence: ctx.alerts.unsilence(id).await?,
+        })),
         Command::Deploy {
             service,
             release,
@@ -109,17 +115,20 @@ pub async fn execute(
                 who: caller.describe(),
                 rollback: false,
             };
-            deploy(ctx, service, req, detach, partial).await
+            typed_deploy(&partial, |steps| deploy(ctx, service, req, detach, steps)).await
         }
         Command::Rollback { service, to } => {
             if let Some(to) = &to {
                 release_arg(to)?;
             }
-            rollback(ctx, caller, service, to, partial).await
+            typed_deploy(&partial, |steps| rollback(ctx, caller, service, to, steps)).await
         }
         Command::History { service } => {
-            let (entries, previous) = ctx.manager.history(service).await?;
-            Ok(json!({ "history": entries, "rollback_to": previous }))
+            let (history, rollback_to) = ctx.manager.history(service).await?;
+            Ok(Reply::History(HistoryReply {
+                history,
+                rollback_to,
+            }))
         }
     }
 }
@@ -141,6 +150,43 @@ fn wire(value: &impl serde::Serialize) -> Value {
 /// A release named by a request: the same rule as the unit's `release` key (a usage error).
 fn release_arg(release: &str) -> Result<(), ApiError> {
     check_release(release).map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))
+}
+
+/// Run a deploy or rollback whose steps and result are JSON built by the supervisor, and read
+/// them as [`DeployStep`]s and a [`DeployReply`]. (When the supervisor sends typed steps, the
+/// deploy path sends [`Partial::Step`] itself and this adapter goes.)
+async fn typed_deploy<F>(
+    partial: &mpsc::Sender<Partial>,
+    run: impl FnOnce(mpsc::Sender<Value>) -> F,
+) -> Result<Reply, ApiError>
+where
+    F: std::future::Future<Output = Result<Value, ApiError>>,
+{
+    let (steps, mut rx) = mpsc::channel(64);
+    let relay = async {
+        while let Some(v) = rx.recv().await {
+            match serde_json::from_value::<DeployStep>(v) {
+                // A client that stopped reading doesn't stop the deploy.
+                Ok(step) => {
+                    let _ = partial.send(Partial::Step(step)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "a deploy step does not fit the API's DeployStep; not sent")
+                }
+            }
+        }
+    };
+    let (result, ()) = tokio::join!(run(steps), relay);
+    let result: DeployReply = serde_json::from_value(result?).map_err(|e| {
+        ApiError::new(
+            ErrorCode::Failed,
+            format!(
+                "the deploy ended with a result orchd cannot report ({e}); see `orchctl history` \
+                 for how it ended; this is a bug, please report it"
+            ),
+        )
+    })?;
+    Ok(Reply::Deploy(result))
 }
 
 /// Start a deploy on the service's supervisor and relay its steps; the final object carries
@@ -225,21 +271,23 @@ async fn rollback(
 }
 
 /// Every channel's result; an error (exit 1) when any failed, with the reports as detail.
-async fn alert_test(ctx: &Context, channel: Option<String>) -> Result<Value, ApiError> {
-    let reports = ctx.alerts.test(channel).await?;
-    let result = json!({ "channels": reports });
-    let failed: Vec<String> = reports
+async fn alert_test(ctx: &Context, channel: Option<String>) -> Result<Reply, ApiError> {
+    let result = AlertTestReply {
+        channels: ctx.alerts.test(channel).await?,
+    };
+    let failed: Vec<String> = result
+        .channels
         .iter()
         .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.channel)))
         .collect();
     if failed.is_empty() {
-        return Ok(result);
+        return Ok(Reply::AlertTest(result));
     }
     let mut e = ApiError::new(
         ErrorCode::Failed,
         format!("test alert not delivered:\n{}", failed.join("\n")),
     );
-    e.detail = Some(result);
+    e.detail = serde_json::to_value(result).ok();
     Err(e)
 }
 
@@ -248,7 +296,7 @@ async fn silence(
     target: String,
     duration: &str,
     reason: Option<String>,
-) -> Result<Value, ApiError> {
+) -> Result<Reply, ApiError> {
     let d = bounds::parse_duration(duration, bounds::SILENCE).map_err(|e| {
         ApiError::new(
             ErrorCode::BadRequest,
@@ -271,11 +319,11 @@ async fn silence(
         // Errors with the list of known services when there is no such one.
         ctx.manager.status(vec![target.clone()]).await?;
     }
-    let s = ctx.alerts.silence(target, d, reason).await?;
-    Ok(json!({ "silence": s }))
+    let silence = ctx.alerts.silence(target, d, reason).await?;
+    Ok(Reply::Silence(SilenceReply { silence }))
 }
 
-async fn control(ctx: &Context, op: Op, services: Vec<String>) -> Result<Value, ApiError> {
+async fn control(ctx: &Context, op: Op, services: Vec<String>) -> Result<Reply, ApiError> {
     let targets = ctx.manager.control(op, services).await?;
     let mut out = Vec::new();
     for (rx, ack) in targets {
@@ -292,10 +340,10 @@ async fn control(ctx: &Context, op: Op, services: Vec<String>) -> Result<Value, 
         .collect();
     if !failed.is_empty() {
         let mut e = ApiError::new(ErrorCode::Failed, failed.join("\n"));
-        e.detail = Some(json!({ "services": out }));
+        e.detail = serde_json::to_value(ServicesReply { services: out }).ok();
         return Err(e);
     }
-    Ok(json!({ "services": out }))
+    Ok(Reply::Services(ServicesReply { services: out }))
 }
 
 /// Wait (bounded) until the service has reached where `op` leads.
@@ -323,57 +371,67 @@ async fn logs(
     service: String,
     n: usize,
     follow: bool,
-    partial: mpsc::Sender<Value>,
-) -> Result<Value, ApiError> {
+    partial: mpsc::Sender<Partial>,
+) -> Result<Reply, ApiError> {
     let hub = ctx.manager.logs(service).await?;
     let mut live = if follow { hub.follow().await } else { None };
     let lines = hub.tail(n).await;
     let Some(live) = live.as_mut() else {
-        return Ok(json!({ "lines": lines }));
+        return Ok(Reply::Logs(LogsReply { lines }));
     };
     let mut last = 0;
     for line in lines {
         last = line.seq;
-        if partial.send(json!({ "line": line })).await.is_err() {
-            return Ok(Value::Null);
+        if partial
+            .send(Partial::Item(StreamItem::Line(line)))
+            .await
+            .is_err()
+        {
+            return Ok(Reply::Nothing);
         }
     }
     loop {
         let item = match live.recv().await {
             // Lines that arrived between subscribing and reading the tail: already printed.
             Ok(line) if line.seq <= last => continue,
-            Ok(line) => json!({ "line": line }),
-            Err(broadcast::error::RecvError::Lagged(n)) => json!({ "skipped": n }),
+            Ok(line) => StreamItem::Line(line),
+            Err(broadcast::error::RecvError::Lagged(n)) => StreamItem::Skipped(n),
             Err(broadcast::error::RecvError::Closed) => {
-                return Ok(json!({ "end": "service removed" }));
+                return Ok(end("service removed"));
             }
         };
-        if partial.send(item).await.is_err() {
-            return Ok(Value::Null);
+        if partial.send(Partial::Item(item)).await.is_err() {
+            return Ok(Reply::Nothing);
         }
     }
+}
+
+/// The last line of a stream that orchd ended.
+fn end(why: &str) -> Reply {
+    Reply::End(StreamEnd { end: why.into() })
 }
 
 async fn events(
     ctx: &Context,
     follow: bool,
     n: usize,
-    partial: mpsc::Sender<Value>,
-) -> Result<Value, ApiError> {
+    partial: mpsc::Sender<Partial>,
+) -> Result<Reply, ApiError> {
     if !follow {
-        return Ok(json!({ "events": ctx.events.tail(n).await }));
+        let events = ctx.events.tail(n).await;
+        return Ok(Reply::Events(EventsReply { events }));
     }
     let mut live = ctx.bus.subscribe();
     loop {
         let item = match live.recv().await {
-            Ok(ev) => json!({ "event": *ev }),
-            Err(broadcast::error::RecvError::Lagged(n)) => json!({ "skipped": n }),
+            Ok(ev) => StreamItem::Event(ev.as_ref().clone()),
+            Err(broadcast::error::RecvError::Lagged(n)) => StreamItem::Skipped(n),
             Err(broadcast::error::RecvError::Closed) => {
-                return Ok(json!({ "end": "orchd is stopping" }));
+                return Ok(end("orchd is stopping"));
             }
         };
-        if partial.send(item).await.is_err() {
-            return Ok(Value::Null);
+        if partial.send(Partial::Item(item)).await.is_err() {
+            return Ok(Reply::Nothing);
         }
     }
 }

@@ -24,7 +24,7 @@ use super::auth::{self, Caller, Rights};
 use super::handler::{self, Context};
 use super::limits::{Limits, Slot};
 use super::lines::{Deadlines, End, Line, LineReader};
-use super::proto::{ApiError, ErrorCode, MAX_LINE, Response, parse_request};
+use super::proto::{ApiError, ErrorCode, MAX_LINE, Partial, Response, parse_request};
 use crate::config::ApiConfig;
 
 pub use super::limits::MAX_CONNECTIONS;
@@ -275,14 +275,14 @@ async fn connection(
             tracing::info!(uid = caller.uid, user = %caller.user, pid = ?caller.pid, cmd = req.command.name(), services = ?req.command.services(), "request");
         }
         let streaming = handler::is_streaming(&req.command);
-        let (ptx, mut prx) = mpsc::channel::<Value>(64);
+        let (ptx, mut prx) = mpsc::channel::<Partial>(64);
         let fut = handler::execute(ctx, rights, caller, req.command, ptx);
         tokio::pin!(fut);
         let result = loop {
             tokio::select! {
                 res = &mut fut => break res,
                 Some(p) = prx.recv() => {
-                    if !send(&mut w, &Response::partial(req.id.clone(), p)).await {
+                    if !send(&mut w, &Response::of_partial(req.id.clone(), &p)).await {
                         return;
                     }
                 }
@@ -291,10 +291,10 @@ async fn connection(
             }
         };
         while let Ok(p) = prx.try_recv() {
-            let _ = send(&mut w, &Response::partial(req.id.clone(), p)).await;
+            let _ = send(&mut w, &Response::of_partial(req.id.clone(), &p)).await;
         }
         let resp = match result {
-            Ok(v) => Response::ok(req.id, v),
+            Ok(reply) => Response::reply(req.id, &reply),
             Err(e) => Response::err(req.id, e),
         };
         if !send(&mut w, &resp).await {

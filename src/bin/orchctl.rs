@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use orch::api::client::{Client, ClientError};
-use orch::api::proto::{Command, Response};
+use orch::api::proto::{Command, DeployOutcome, DeployReply, Reply, Response};
 use serde_json::Value;
 
 use orch::ctl as render;
@@ -273,23 +273,24 @@ async fn talk(
             return Ok(err.code.exit_code());
         }
         let result = resp.result.unwrap_or(Value::Null);
+        let unreadable = |e: serde_json::Error| ClientError::Protocol(format!("{e}: {result}"));
         if !resp.done {
-            out.partial(name, &result);
+            out.partial(&result).map_err(unreadable)?;
             continue;
         }
-        out.result(name, &result);
+        let reply = out.result(name, &result).map_err(unreadable)?;
         // A deploy that ran and did not succeed is a failed operation (exit 1). A rollback
         // succeeded when it switched back (an instant one reports the deploy it ended as
         // `rolled_back`) or when its deploy of the previous release succeeded.
-        let outcome = result.get("result").and_then(Value::as_str);
-        let ok = match name {
-            "deploy" => outcome.is_none_or(|r| r == "succeeded"),
-            "rollback" => outcome.is_none_or(|r| r == "succeeded" || r == "rolled_back"),
+        let ok = match (name, reply) {
+            ("deploy", Reply::Deploy(DeployReply::Finished(r))) => {
+                r.result == DeployOutcome::Succeeded
+            }
+            ("rollback", Reply::Deploy(DeployReply::Finished(r))) => {
+                r.result != DeployOutcome::Failed
+            }
             _ => true,
         };
-        if !ok {
-            return Ok(1);
-        }
-        return Ok(0);
+        return Ok(if ok { 0 } else { 1 });
     }
 }

@@ -2,8 +2,8 @@
 //! "previous release" questions, and record finished deploys (history, the new active
 //! release) when their supervisor asks, acknowledging once written.
 
+use super::ManagerError;
 use super::{Entry, Manager};
-use crate::api::proto::{ApiError, ErrorCode};
 use crate::config::UnitEntry;
 use crate::deploy::history::HistoryEntry;
 use crate::supervisor::{RecordRequest, SupervisorHandle};
@@ -12,21 +12,18 @@ use crate::supervisor::{RecordRequest, SupervisorHandle};
 const DEFAULT_KEEP: usize = 5;
 
 impl Manager {
-    pub(super) fn supervisor(&self, service: &str) -> Result<SupervisorHandle, ApiError> {
+    pub(super) fn supervisor(&self, service: &str) -> Result<SupervisorHandle, ManagerError> {
         self.lookup(&[service.to_owned()])?;
         match self.services.get(service) {
             Some(Entry::Supervised { handle, .. }) => Ok(handle.clone()),
-            _ => Err(ApiError::new(
-                ErrorCode::Failed,
-                format!(
-                    "{service} has an invalid unit file; fix it and run `orchctl reload` first"
-                ),
-            )),
+            _ => Err(ManagerError::NotDeployable {
+                service: service.to_owned(),
+            }),
         }
     }
 
     /// The service's history (newest last) and the release a rollback would go back to.
-    pub(super) fn history(&self, service: &str) -> Result<super::HistoryAnswer, ApiError> {
+    pub(super) fn history(&self, service: &str) -> Result<super::HistoryAnswer, ManagerError> {
         self.lookup(&[service.to_owned()])?;
         let current = self
             .services

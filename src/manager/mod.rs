@@ -5,6 +5,7 @@
 //! supervisors and answers from their `watch` snapshots.
 
 mod deploys;
+mod error;
 mod order;
 mod reload;
 
@@ -19,10 +20,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use error::ManagerError;
 pub use reload::ReloadReport;
 
 use crate::alert::AlertHandle;
-use crate::api::proto::{ApiError, ErrorCode};
 use crate::config::{Config, Unit, UnitEntry};
 use crate::deploy::history::HistoryEntry;
 
@@ -42,25 +43,25 @@ pub type Controlled = (watch::Receiver<ServiceStatus>, oneshot::Receiver<()>);
 pub enum Msg {
     Status {
         services: Vec<String>,
-        reply: oneshot::Sender<Result<Vec<ServiceStatus>, ApiError>>,
+        reply: oneshot::Sender<Result<Vec<ServiceStatus>, ManagerError>>,
     },
     Control {
         op: Op,
         services: Vec<String>,
-        reply: oneshot::Sender<Result<Vec<Controlled>, ApiError>>,
+        reply: oneshot::Sender<Result<Vec<Controlled>, ManagerError>>,
     },
     Logs {
         service: String,
-        reply: oneshot::Sender<Result<LogHub, ApiError>>,
+        reply: oneshot::Sender<Result<LogHub, ManagerError>>,
     },
     /// The status watches of `services` (all when empty), for front ends that follow changes.
     Watch {
         services: Vec<String>,
-        reply: oneshot::Sender<Result<Vec<watch::Receiver<ServiceStatus>>, ApiError>>,
+        reply: oneshot::Sender<Result<Vec<watch::Receiver<ServiceStatus>>, ManagerError>>,
     },
     Reload {
         dry_run: bool,
-        reply: oneshot::Sender<Result<ReloadReport, ApiError>>,
+        reply: oneshot::Sender<Result<ReloadReport, ManagerError>>,
     },
     /// Stop everything in reverse dependency order; replies when done.
     Shutdown { reply: oneshot::Sender<()> },
@@ -69,12 +70,12 @@ pub enum Msg {
     /// A service's supervisor, for deploy and rollback (the handler talks to it directly).
     Supervisor {
         service: String,
-        reply: oneshot::Sender<Result<SupervisorHandle, ApiError>>,
+        reply: oneshot::Sender<Result<SupervisorHandle, ManagerError>>,
     },
     /// Deploy history and the release a rollback would return to.
     History {
         service: String,
-        reply: oneshot::Sender<Result<HistoryAnswer, ApiError>>,
+        reply: oneshot::Sender<Result<HistoryAnswer, ManagerError>>,
     },
 }
 
@@ -84,8 +85,8 @@ pub struct ManagerHandle {
     tx: mpsc::Sender<Msg>,
 }
 
-fn gone() -> ApiError {
-    ApiError::new(ErrorCode::Unavailable, "orchd is shutting down")
+fn gone() -> ManagerError {
+    ManagerError::ShuttingDown
 }
 
 impl ManagerHandle {
@@ -95,7 +96,7 @@ impl ManagerHandle {
         rx.await.ok()
     }
 
-    pub async fn status(&self, services: Vec<String>) -> Result<Vec<ServiceStatus>, ApiError> {
+    pub async fn status(&self, services: Vec<String>) -> Result<Vec<ServiceStatus>, ManagerError> {
         self.ask(|reply| Msg::Status { services, reply })
             .await
             .unwrap_or_else(|| Err(gone()))
@@ -104,7 +105,7 @@ impl ManagerHandle {
         &self,
         op: Op,
         services: Vec<String>,
-    ) -> Result<Vec<Controlled>, ApiError> {
+    ) -> Result<Vec<Controlled>, ManagerError> {
         self.ask(|reply| Msg::Control {
             op,
             services,
@@ -113,7 +114,7 @@ impl ManagerHandle {
         .await
         .unwrap_or_else(|| Err(gone()))
     }
-    pub async fn logs(&self, service: String) -> Result<LogHub, ApiError> {
+    pub async fn logs(&self, service: String) -> Result<LogHub, ManagerError> {
         self.ask(|reply| Msg::Logs { service, reply })
             .await
             .unwrap_or_else(|| Err(gone()))
@@ -123,12 +124,12 @@ impl ManagerHandle {
     pub async fn watch(
         &self,
         services: Vec<String>,
-    ) -> Result<Vec<watch::Receiver<ServiceStatus>>, ApiError> {
+    ) -> Result<Vec<watch::Receiver<ServiceStatus>>, ManagerError> {
         self.ask(|reply| Msg::Watch { services, reply })
             .await
             .unwrap_or_else(|| Err(gone()))
     }
-    pub async fn reload(&self, dry_run: bool) -> Result<ReloadReport, ApiError> {
+    pub async fn reload(&self, dry_run: bool) -> Result<ReloadReport, ManagerError> {
         self.ask(|reply| Msg::Reload { dry_run, reply })
             .await
             .unwrap_or_else(|| Err(gone()))
@@ -136,7 +137,7 @@ impl ManagerHandle {
     pub async fn shutdown(&self) {
         self.ask(|reply| Msg::Shutdown { reply }).await;
     }
-    pub async fn supervisor(&self, service: String) -> Result<SupervisorHandle, ApiError> {
+    pub async fn supervisor(&self, service: String) -> Result<SupervisorHandle, ManagerError> {
         self.ask(|reply| Msg::Supervisor { service, reply })
             .await
             .unwrap_or_else(|| Err(gone()))
@@ -144,7 +145,7 @@ impl ManagerHandle {
     pub async fn history(
         &self,
         service: String,
-    ) -> Result<(Vec<HistoryEntry>, Option<String>), ApiError> {
+    ) -> Result<(Vec<HistoryEntry>, Option<String>), ManagerError> {
         self.ask(|reply| Msg::History { service, reply })
             .await
             .unwrap_or_else(|| Err(gone()))
@@ -441,7 +442,7 @@ impl Manager {
         }
     }
 
-    fn lookup(&self, services: &[String]) -> Result<Vec<String>, ApiError> {
+    fn lookup(&self, services: &[String]) -> Result<Vec<String>, ManagerError> {
         if services.is_empty() {
             return Ok(self.services.keys().cloned().collect());
         }
@@ -451,24 +452,16 @@ impl Manager {
             .map(String::as_str)
             .collect();
         if !unknown.is_empty() {
-            let known = self
-                .services
-                .keys()
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(ApiError::new(
-                ErrorCode::NotFound,
-                format!(
-                    "no such service: {}; known services: {known}",
-                    unknown.join(", ")
-                ),
-            ));
+            let known = self.services.keys().cloned().collect();
+            return Err(ManagerError::NoSuchService {
+                unknown: unknown.into_iter().map(str::to_owned).collect(),
+                known,
+            });
         }
         Ok(services.to_vec())
     }
 
-    fn status(&self, services: &[String]) -> Result<Vec<ServiceStatus>, ApiError> {
+    fn status(&self, services: &[String]) -> Result<Vec<ServiceStatus>, ManagerError> {
         let names = self.lookup(services)?;
         Ok(names
             .iter()
@@ -477,7 +470,10 @@ impl Manager {
             .collect())
     }
 
-    fn watch(&self, services: &[String]) -> Result<Vec<watch::Receiver<ServiceStatus>>, ApiError> {
+    fn watch(
+        &self,
+        services: &[String],
+    ) -> Result<Vec<watch::Receiver<ServiceStatus>>, ManagerError> {
         let names = self.lookup(services)?;
         Ok(names
             .iter()
@@ -486,38 +482,30 @@ impl Manager {
             .collect())
     }
 
-    fn logs(&self, service: &str) -> Result<LogHub, ApiError> {
+    fn logs(&self, service: &str) -> Result<LogHub, ManagerError> {
         self.lookup(&[service.to_owned()])?;
         match self.services.get(service) {
             Some(Entry::Supervised { handle, .. }) => Ok(handle.logs.clone()),
-            _ => Err(ApiError::new(
-                ErrorCode::Failed,
-                format!(
-                    "{service} has an invalid unit file and never ran; see `orchctl status {service}`"
-                ),
-            )),
+            _ => Err(ManagerError::NeverRan {
+                service: service.to_owned(),
+            }),
         }
     }
 
-    fn control(&mut self, op: Op, services: &[String]) -> Result<Vec<Controlled>, ApiError> {
+    fn control(&mut self, op: Op, services: &[String]) -> Result<Vec<Controlled>, ManagerError> {
         if services.is_empty() {
-            return Err(ApiError::new(
-                ErrorCode::BadRequest,
-                "name at least one service",
-            ));
+            return Err(ManagerError::NoServiceNamed);
         }
         let names = self.lookup(services)?;
         let mut out = Vec::new();
         for name in &names {
             if let Some(Entry::Bad { status }) = self.services.get(name) {
                 if op != Op::Stop && op != Op::Reset {
-                    let why = status.borrow().reason.clone().unwrap_or_default();
-                    return Err(ApiError::new(
-                        ErrorCode::Failed,
-                        format!(
-                            "{name} has an invalid unit file; fix it and run `orchctl reload`:\n{why}"
-                        ),
-                    ));
+                    let errors = status.borrow().reason.clone().unwrap_or_default();
+                    return Err(ManagerError::InvalidUnit {
+                        service: name.clone(),
+                        errors,
+                    });
                 }
             }
         }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::ManagerError;
 use super::{Entry, Manager};
-use crate::api::proto::{ApiError, ErrorCode};
 use crate::config::{self, Config, Unit, UnitEntry};
 use crate::supervisor;
 
@@ -67,7 +67,7 @@ pub fn plan(old: &Config, new: &Config) -> ReloadReport {
 }
 
 impl Manager {
-    pub(super) fn reload(&mut self, dry_run: bool) -> Result<ReloadReport, ApiError> {
+    pub(super) fn reload(&mut self, dry_run: bool) -> Result<ReloadReport, ManagerError> {
         let path = self.config.daemon.path.clone();
         let new = config::load(&path).map_err(invalid)?;
         let errors = new.diagnostics();
@@ -76,10 +76,7 @@ impl Manager {
         }
         let (a, b) = (&self.config.daemon, &new.daemon);
         if a.units_dir != b.units_dir || a.state_dir != b.state_dir {
-            return Err(ApiError::new(
-                ErrorCode::Invalid,
-                "units_dir or state_dir changed: restart orchd to apply that; nothing was changed",
-            ));
+            return Err(ManagerError::DirsChanged);
         }
         let mut report = plan(&self.config, &new);
         report.dry_run = dry_run;
@@ -162,15 +159,8 @@ impl Manager {
     }
 }
 
-fn invalid(errors: Vec<config::Diagnostic>) -> ApiError {
-    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    let mut e = ApiError::new(
-        ErrorCode::Invalid,
-        format!(
-            "configuration is invalid; nothing was changed:\n{}",
-            lines.join("\n")
-        ),
-    );
-    e.detail = Some(serde_json::json!({ "errors": lines }));
-    e
+fn invalid(errors: Vec<config::Diagnostic>) -> ManagerError {
+    ManagerError::InvalidConfig {
+        errors: errors.iter().map(ToString::to_string).collect(),
+    }
 }

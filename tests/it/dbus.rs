@@ -40,11 +40,64 @@ trait Manager1 {
         &self,
         name: &str,
     ) -> zbus::Result<(String, String, String, i32, String, u32, String)>;
+    /// `(dry_run, added, removed, restarted, updated, unchanged, notes)`.
+    #[allow(clippy::type_complexity)]
+    fn reload(
+        &self,
+        dry_run: bool,
+    ) -> zbus::Result<(
+        bool,
+        Vec<String>,
+        Vec<String>,
+        Vec<String>,
+        Vec<String>,
+        Vec<String>,
+        Vec<String>,
+    )>;
+    /// The entries `(deploy_id, release, previous, result, started, finished, duration_ms, who,
+    /// reason, rollback)` and the release a rollback would go back to.
+    #[allow(clippy::type_complexity)]
+    fn history(
+        &self,
+        name: &str,
+    ) -> zbus::Result<(
+        Vec<(
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            u64,
+            String,
+            String,
+            bool,
+        )>,
+        String,
+    )>;
     #[zbus(signal)]
     fn service_changed(&self, name: String, state: String, health: String) -> zbus::Result<()>;
     #[zbus(signal)]
     fn deploy_finished(&self, name: String, release: String, result: String) -> zbus::Result<()>;
-    fn deploy(&self, name: &str, release: &str) -> zbus::Result<String>;
+    /// `(deploy_id, result, release, previous, active, duration_ms, reason, rollback, detached)`.
+    #[allow(clippy::type_complexity)]
+    fn deploy(
+        &self,
+        name: &str,
+        release: &str,
+        timeout: &str,
+        detach: bool,
+    ) -> zbus::Result<(
+        String,
+        String,
+        String,
+        String,
+        String,
+        u64,
+        String,
+        bool,
+        bool,
+    )>;
 }
 
 /// A private `dbus-daemon` on a socket anyone may connect to; killed on drop.
@@ -249,9 +302,8 @@ fn dbus_api_lists_restarts_signals_and_refuses_strangers() {
         // A deploy over the bus (restart strategy: sleeper has no [deploy]) answers its
         // result and is announced with DeployFinished.
         let mut finished = proxy.receive_deploy_finished().await.unwrap();
-        let reply = proxy.deploy("sleeper", "r2").await.unwrap();
-        let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
-        assert_eq!(v["result"], "succeeded", "{reply}");
+        let reply = proxy.deploy("sleeper", "r2", "", false).await.unwrap();
+        assert_eq!(reply.1, "succeeded", "{reply:?}");
         let signal = tokio::time::timeout(T, finished.next())
             .await
             .expect("no DeployFinished")
@@ -293,6 +345,68 @@ fn dbus_api_lists_restarts_signals_and_refuses_strangers() {
         "a refused restart restarted"
     );
     assert!(orchd.log_text().contains("permission denied"));
+}
+
+#[test]
+fn dbus_deploy_detaches_and_reload_and_history_are_typed() {
+    let bus = Bus::start(OPEN_POLICY);
+    let (_s, orchd) = start_orchd(&bus);
+    let old = orchd.wait_new_pid("sleeper", None, T);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let conn = zbus::connection::Builder::address(bus.address.as_str())
+            .build()
+            .await
+            .unwrap();
+        let proxy = Manager1Proxy::new(&conn).await.unwrap();
+
+        let plan = proxy.reload(true).await.unwrap();
+        assert!(plan.0, "{plan:?}");
+        assert_eq!(plan.5, ["sleeper"], "{plan:?}");
+
+        match proxy.deploy("sleeper", "r2", "2d", false).await {
+            Err(zbus::Error::MethodError(name, Some(msg), _)) => {
+                assert_eq!(name.as_str(), "io.orchd.Manager1.Error.BadRequest");
+                assert!(msg.starts_with("bad --timeout: "), "{msg}");
+            }
+            other => panic!("expected BadRequest, got {other:?}"),
+        }
+
+        // Detached: the answer comes once the deploy is accepted (no result yet), the end with
+        // DeployFinished.
+        let mut finished = proxy.receive_deploy_finished().await.unwrap();
+        let reply = proxy.deploy("sleeper", "r2", "30s", true).await.unwrap();
+        assert!(reply.0.starts_with("sleeper-"), "{reply:?}");
+        assert_eq!(
+            (reply.1.as_str(), reply.2.as_str()),
+            ("", "r2"),
+            "{reply:?}"
+        );
+        assert!(reply.8, "not detached: {reply:?}");
+        let signal = tokio::time::timeout(T, finished.next())
+            .await
+            .expect("no DeployFinished")
+            .expect("signal stream ended");
+        assert_eq!(signal.args().unwrap().result.as_str(), "succeeded");
+
+        let history = proxy.history("sleeper").await.unwrap();
+        let last = history.0.last().expect("an entry");
+        assert_eq!(
+            (
+                last.0.as_str(),
+                last.1.as_str(),
+                last.3.as_str(),
+                last.8.as_str()
+            ),
+            (reply.0.as_str(), "r2", "succeeded", "")
+        );
+        assert_eq!(history.1, "current", "{history:?}");
+    });
+    orchd.wait_new_pid("sleeper", Some(old), T);
 }
 
 #[test]

@@ -3,9 +3,26 @@
 //! One JSON object per line each way (*contract*, DESIGN §5). A request has `id`, `cmd` and
 //! `args`; a response echoes `id` and has `result` or `error {code, message}`; the last line of
 //! a response has `"done": true` (streaming commands send earlier lines with `"done": false`).
+//!
+//! Here: requests ([`Command`]), errors ([`ApiError`]) and the response line ([`Response`]);
+//! `reply.rs` has every command's result type ([`Reply`]) and the partial results of streams
+//! ([`Partial`]); `deploy.rs` the wire form of a deploy's steps and result.
+
+mod deploy;
+mod reply;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+pub use deploy::{
+    DeployDetached, DeployOutcome, DeployReply, DeployResult, DeployStep, DeployStepKind,
+    DeployStrategy,
+};
+pub use reply::{
+    AlertTestReply, ChannelReport, Event, EventsReply, HistoryEntry, HistoryReply, LogLine,
+    LogsReply, PartTrouble, Partial, ReloadReport, Reply, ServiceStatus, ServicesReply, Silence,
+    SilenceReply, SilencesReply, StatusReply, StreamEnd, StreamItem,
+};
 
 /// Longest request line accepted.
 pub const MAX_LINE: usize = 1024 * 1024;
@@ -250,6 +267,20 @@ impl Response {
             done: false,
         }
     }
+    /// The last line of a response, carrying `reply`.
+    pub fn reply(id: Value, reply: &Reply) -> Self {
+        match encode(reply) {
+            Ok(result) => Response::ok(id, result),
+            Err(e) => Response::err(id, e),
+        }
+    }
+    /// A `"done": false` line carrying `partial`.
+    pub fn of_partial(id: Value, partial: &Partial) -> Self {
+        match encode(partial) {
+            Ok(result) => Response::partial(id, result),
+            Err(e) => Response::err(id, e),
+        }
+    }
     pub fn err(id: Value, error: ApiError) -> Self {
         Response {
             id,
@@ -258,6 +289,16 @@ impl Response {
             done: true,
         }
     }
+}
+
+/// A typed result as the JSON value the line carries (objects keep their keys in name order).
+fn encode(v: &impl Serialize) -> Result<Value, ApiError> {
+    serde_json::to_value(v).map_err(|e| {
+        ApiError::new(
+            ErrorCode::Failed,
+            format!("orchd cannot encode its answer: {e}; this is a bug, please report it"),
+        )
+    })
 }
 
 /// Parse one request line, mapping every failure to the error response it deserves.
