@@ -2,20 +2,19 @@
 //!
 //! Plain commands return one [`Reply`]; streaming ones (`logs -f`, `events -f`, deploys) send
 //! [`Partial`] results on a channel until the client goes away (the caller drops the future).
-//! The deploy path still receives JSON from the supervisor: [`typed_deploy`] reads it into the
-//! wire types at this edge.
+//! Deploys: the supervisor's domain values (`DeployProgress`, `DeployReport`) become the wire
+//! types here.
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 use super::auth::{Caller, Rights};
 use super::proto::{
-    AlertTestReply, ApiError, Command, DeployReply, DeployStep, ErrorCode, EventsReply,
-    HistoryReply, LogsReply, Partial, Reply, ServicesReply, SilenceReply, SilencesReply,
-    StatusReply, StreamEnd, StreamItem,
+    AlertTestReply, ApiError, Command, DeployDetached, DeployReply, DeployStep, ErrorCode,
+    EventsReply, HistoryReply, LogsReply, Partial, Reply, ServicesReply, SilenceReply,
+    SilencesReply, StatusReply, StreamEnd, StreamItem,
 };
 use crate::alert::AlertHandle;
 use crate::config::{bounds, check_release};
@@ -115,13 +114,13 @@ pub async fn execute(
                 who: caller.describe(),
                 rollback: false,
             };
-            typed_deploy(&partial, |steps| deploy(ctx, service, req, detach, steps)).await
+            deploy(ctx, service, req, detach, &partial).await
         }
         Command::Rollback { service, to } => {
             if let Some(to) = &to {
                 release_arg(to)?;
             }
-            typed_deploy(&partial, |steps| rollback(ctx, caller, service, to, steps)).await
+            rollback(ctx, caller, service, to, &partial).await
         }
         Command::History { service } => {
             let (history, rollback_to) = ctx.manager.history(service).await?;
@@ -142,51 +141,9 @@ fn refused(e: DeployRefused) -> ApiError {
     ApiError::new(code, e.to_string())
 }
 
-/// A domain value on the wire (its `Serialize` is the contract's JSON).
-fn wire(value: &impl serde::Serialize) -> Value {
-    serde_json::to_value(value).unwrap_or(Value::Null)
-}
-
 /// A release named by a request: the same rule as the unit's `release` key (a usage error).
 fn release_arg(release: &str) -> Result<(), ApiError> {
     check_release(release).map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))
-}
-
-/// Run a deploy or rollback whose steps and result are JSON built by the supervisor, and read
-/// them as [`DeployStep`]s and a [`DeployReply`]. (When the supervisor sends typed steps, the
-/// deploy path sends [`Partial::Step`] itself and this adapter goes.)
-async fn typed_deploy<F>(
-    partial: &mpsc::Sender<Partial>,
-    run: impl FnOnce(mpsc::Sender<Value>) -> F,
-) -> Result<Reply, ApiError>
-where
-    F: std::future::Future<Output = Result<Value, ApiError>>,
-{
-    let (steps, mut rx) = mpsc::channel(64);
-    let relay = async {
-        while let Some(v) = rx.recv().await {
-            match serde_json::from_value::<DeployStep>(v) {
-                // A client that stopped reading doesn't stop the deploy.
-                Ok(step) => {
-                    let _ = partial.send(Partial::Step(step)).await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "a deploy step does not fit the API's DeployStep; not sent")
-                }
-            }
-        }
-    };
-    let (result, ()) = tokio::join!(run(steps), relay);
-    let result: DeployReply = serde_json::from_value(result?).map_err(|e| {
-        ApiError::new(
-            ErrorCode::Failed,
-            format!(
-                "the deploy ended with a result orchd cannot report ({e}); see `orchctl history` \
-                 for how it ended; this is a bug, please report it"
-            ),
-        )
-    })?;
-    Ok(Reply::Deploy(result))
 }
 
 /// Start a deploy on the service's supervisor and relay its steps; the final object carries
@@ -196,8 +153,8 @@ async fn deploy(
     service: String,
     req: DeployRequest,
     detach: bool,
-    partial: mpsc::Sender<Value>,
-) -> Result<Value, ApiError> {
+    partial: &mpsc::Sender<Partial>,
+) -> Result<Reply, ApiError> {
     let sup = ctx.manager.supervisor(service).await?;
     let (progress, mut rx) = mpsc::unbounded_channel();
     let (reply, accepted) = tokio::sync::oneshot::channel();
@@ -217,15 +174,21 @@ async fn deploy(
         .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the service's supervisor is gone"))?
         .map_err(refused)?;
     if detach {
-        return Ok(json!({ "deploy_id": id, "release": release, "detached": true }));
+        return Ok(Reply::Deploy(DeployReply::Detached(DeployDetached {
+            deploy_id: id,
+            release,
+            detached: true,
+        })));
     }
     while let Some(msg) = rx.recv().await {
         match msg {
             DeployMsg::Step(step) => {
                 // A client that stopped reading doesn't stop the deploy.
-                let _ = partial.send(wire(&step)).await;
+                let _ = partial.send(Partial::Step(DeployStep::from(step))).await;
             }
-            DeployMsg::Done(report) => return Ok(wire(&report)),
+            DeployMsg::Done(report) => {
+                return Ok(Reply::Deploy(DeployReply::Finished(report.into())));
+            }
         }
     }
     Err(ApiError::new(
@@ -241,14 +204,14 @@ async fn rollback(
     caller: &Caller,
     service: String,
     to: Option<String>,
-    partial: mpsc::Sender<Value>,
-) -> Result<Value, ApiError> {
+    partial: &mpsc::Sender<Partial>,
+) -> Result<Reply, ApiError> {
     let sup = ctx.manager.supervisor(service.clone()).await?;
     if to.is_none() {
         let (reply, rx) = tokio::sync::oneshot::channel();
         if sup.send(SupCommand::Rollback { reply }) {
             if let Ok(Some(done)) = rx.await {
-                return Ok(wire(&done));
+                return Ok(Reply::Deploy(DeployReply::Finished(done.into())));
             }
         }
     }

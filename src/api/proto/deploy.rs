@@ -1,8 +1,67 @@
 //! The wire form of a deploy's progress and result (`deploy`, `rollback`; docs/api.md "deploy,
-//! rollback, history"). The supervisor still builds these as JSON; the handler reads them into
-//! these types at the API's edge (`serde_json::from_value`) until it hands over typed steps.
+//! rollback, history"), made from the supervisor's domain values (`supervisor::deploy`).
 
 use serde::{Deserialize, Serialize};
+
+use crate::supervisor::deploy::{DeployProgress, DeployReport, Outcome, Step, Strategy};
+
+impl From<DeployProgress> for DeployStep {
+    fn from(p: DeployProgress) -> Self {
+        let kind = match p.step {
+            Step::Deploying {
+                release,
+                previous,
+                strategy,
+            } => DeployStepKind::Deploying {
+                release,
+                previous,
+                strategy: match strategy {
+                    Strategy::PortSwap => DeployStrategy::PortSwap,
+                    Strategy::Restart => DeployStrategy::Restart,
+                },
+            },
+            Step::Started {
+                release,
+                pid,
+                port,
+                slot,
+            } => DeployStepKind::Started {
+                release,
+                pid,
+                port,
+                slot,
+            },
+            Step::Healthy { release, after_ms } => DeployStepKind::Healthy { release, after_ms },
+            Step::Switched { release, port } => DeployStepKind::Switched { release, port },
+            Step::Watching { release, for_ms } => DeployStepKind::Watching { release, for_ms },
+            Step::OldStopped { release } => DeployStepKind::OldStopped { release },
+        };
+        DeployStep {
+            deploy_id: p.deploy_id,
+            elapsed_ms: p.elapsed_ms,
+            kind,
+        }
+    }
+}
+
+impl From<DeployReport> for DeployResult {
+    fn from(r: DeployReport) -> Self {
+        DeployResult {
+            deploy_id: r.deploy_id,
+            result: match r.result {
+                Outcome::Succeeded => DeployOutcome::Succeeded,
+                Outcome::Failed => DeployOutcome::Failed,
+                Outcome::RolledBack => DeployOutcome::RolledBack,
+            },
+            release: r.release,
+            previous: r.previous,
+            active: r.active,
+            duration_ms: r.duration_ms,
+            reason: r.reason,
+            rollback: r.rollback,
+        }
+    }
+}
 
 /// One step of a deploy, sent as it happens (a `"done": false` line).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,26 +232,49 @@ mod tests {
         }
     }
 
-    /// The JSON the supervisor builds today (deploying.rs, deploy_end.rs) reads as these types.
+    /// The supervisor's domain values become exactly the lines of docs/api.md.
     #[test]
-    fn the_supervisors_json_reads_as_these_types() {
-        let port: Option<u16> = None;
-        let v = serde_json::json!({ "step": "started", "release": "r2", "pid": 7, "port": port, "slot": 0, "deploy_id": "x-1", "elapsed_ms": 5 });
-        let step: DeployStep = serde_json::from_value(v).unwrap();
-        assert_eq!(
-            step.kind,
-            DeployStepKind::Started {
-                release: "r2".into(),
-                pid: 7,
+    fn the_supervisors_values_become_the_documented_lines() {
+        let step = DeployStep::from(DeployProgress {
+            deploy_id: "api-1".into(),
+            elapsed_ms: 3,
+            step: Step::Started {
+                release: "v2".into(),
+                pid: 13744,
                 port: None,
-                slot: 0
-            }
+                slot: 1,
+            },
+        });
+        assert_eq!(
+            wire(&step),
+            r#"{"deploy_id":"api-1","elapsed_ms":3,"pid":13744,"port":null,"release":"v2","slot":1,"step":"started"}"#
         );
-        let reason: Option<String> = None;
-        let v = serde_json::json!({ "deploy_id": "x-1", "result": "succeeded", "release": "r2", "previous": "r1", "active": "r2", "duration_ms": 9, "reason": reason, "rollback": false });
-        assert!(matches!(
-            serde_json::from_value::<DeployReply>(v),
-            Ok(DeployReply::Finished(_))
-        ));
+        let step = DeployStep::from(DeployProgress {
+            deploy_id: "api-1".into(),
+            elapsed_ms: 0,
+            step: Step::Deploying {
+                release: "v2".into(),
+                previous: "v1".into(),
+                strategy: Strategy::PortSwap,
+            },
+        });
+        assert_eq!(
+            wire(&step),
+            r#"{"deploy_id":"api-1","elapsed_ms":0,"previous":"v1","release":"v2","step":"deploying","strategy":"port-swap"}"#
+        );
+        let result = DeployResult::from(DeployReport {
+            deploy_id: "api-1795340287967".into(),
+            result: Outcome::Succeeded,
+            release: "v3".into(),
+            previous: "v2".into(),
+            active: "v3".into(),
+            duration_ms: 5263,
+            reason: None,
+            rollback: false,
+        });
+        assert_eq!(
+            wire(&DeployReply::Finished(result)),
+            r#"{"active":"v3","deploy_id":"api-1795340287967","duration_ms":5263,"previous":"v2","reason":null,"release":"v3","result":"succeeded","rollback":false}"#
+        );
     }
 }

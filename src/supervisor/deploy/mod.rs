@@ -4,14 +4,12 @@
 //! `tests.rs` without processes; `driver.rs` is the supervisor's side: it shows the machine
 //! the slots after every change, performs its actions (start or stop a slot, switch, record,
 //! report) and feeds back their completions. The values here are what a deploy tells its
-//! client and the history, as domain values; `api::proto` maps them to the wire.
+//! client and the history, as domain values; `api::proto::deploy` maps them to the wire.
 
 mod driver;
 pub mod machine;
 #[cfg(test)]
 mod tests;
-
-use serde::Serialize;
 
 pub(super) use driver::{DeployDone, DeployRun};
 
@@ -35,19 +33,16 @@ pub enum DeployRefused {
 }
 
 /// How a release replaces another.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
     /// Two slots behind the proxy (or a switch command): start, switch, watch, drain.
-    #[serde(rename = "port-swap")]
     PortSwap,
     /// No `[deploy]`: stop the old release, start the new one; on failure the old again.
-    #[serde(rename = "restart")]
     Restart,
 }
 
 /// The final result of a deploy (*contract*: `succeeded | failed | rolled_back`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Succeeded,
     Failed,
@@ -65,8 +60,7 @@ impl Outcome {
 }
 
 /// One step of a deploy, as its client sees it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "step", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Step {
     Deploying {
         release: String,
@@ -97,16 +91,15 @@ pub enum Step {
 }
 
 /// A step with the deploy it belongs to and when it happened.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeployProgress {
     pub deploy_id: String,
     pub elapsed_ms: u64,
-    #[serde(flatten)]
     pub step: Step,
 }
 
 /// How a deploy ended: the last thing its client hears, and what history records.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeployReport {
     pub deploy_id: String,
     pub result: Outcome,

