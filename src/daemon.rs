@@ -135,7 +135,6 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             state_dir: state_dir.clone(),
             alerts: alerts_config,
             units,
-            manager: manager.clone(),
             events: alert_events,
         },
         alert_commands,

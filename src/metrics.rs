@@ -603,6 +603,7 @@ mod tests {
             service: service.into(),
             time: String::new(),
             kind,
+            facts: None,
         }
     }
 

@@ -2,9 +2,9 @@
 //!
 //! The Alerter task (`task.rs`) subscribes to the event bus and owns the policy (`policy.rs`:
 //! dedup, reminders, incidents, recoveries), the silences (`silence.rs`) and the durable outbox
-//! (`outbox.rs`). It builds each alert's content (`message.rs`) from the event, the service's
-//! status and its last output lines (asked of the manager), then queues one delivery per routed
-//! channel (`email.rs`, `webhook.rs`). The API talks to it through an [`AlertHandle`]; the
+//! (`outbox.rs`). It builds each alert's content (`message.rs`) from the event and the facts it
+//! carries (the service's status then, and its last output lines), then queues one delivery per
+//! routed channel (`email.rs`, `webhook.rs`). The API talks to it through an [`AlertHandle`]; the
 //! manager's reload sends it the new `[alerts]` and units. Delivery never blocks supervision and
 //! never crashes anything: failures are logged and counted in [`Stats`].
 
