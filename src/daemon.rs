@@ -129,7 +129,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         tracker.clone(),
         Some(alerts.clone()),
     );
-    alert::spawn(
+    let alert_stats = alert::spawn(
         AlerterSpec {
             host: host_name(),
             state_dir: state_dir.clone(),
@@ -165,10 +165,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         });
     }
     if let Some((listen, counters)) = metrics {
+        let sources = crate::metrics::Sources {
+            manager: manager.clone(),
+            counters,
+            alerts: alert_stats.subscribe(),
+        };
         serve_metrics(
             listen,
-            manager.clone(),
-            counters,
+            sources,
             cancel.child_token(),
             &tracker,
             parts.clone(),
@@ -255,8 +259,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 /// log, not a reason to leave the services unsupervised: orchd runs on without metrics.
 async fn serve_metrics(
     listen: std::net::SocketAddr,
-    manager: ManagerHandle,
-    counters: tokio::sync::watch::Receiver<crate::metrics::Counters>,
+    sources: crate::metrics::Sources,
     cancel: CancellationToken,
     tracker: &TaskTracker,
     parts: crate::guard::Parts,
@@ -267,8 +270,8 @@ async fn serve_metrics(
             tracker.spawn(async move {
                 let mut listener = listener;
                 crate::guard::restarting("metrics", parts, cancel.clone(), &mut listener, |l| {
-                    let (m, c, k) = (manager.clone(), counters.clone(), cancel.clone());
-                    Box::pin(async move { crate::metrics::serve(l, m, c, k).await })
+                    let (s, k) = (sources.clone(), cancel.clone());
+                    Box::pin(async move { crate::metrics::serve(l, s, k).await })
                 })
                 .await;
             });

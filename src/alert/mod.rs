@@ -4,9 +4,10 @@
 //! dedup, reminders, incidents, recoveries), the silences (`silence.rs`) and the durable outbox
 //! (`outbox.rs`). It builds each alert's content (`message.rs`) from the event and the facts it
 //! carries (the service's status then, and its last output lines), then queues one delivery per
-//! routed channel (`email.rs`, `webhook.rs`). The API talks to it through an [`AlertHandle`]; the
-//! manager's reload sends it the new `[alerts]` and units. Delivery never blocks supervision and
-//! never crashes anything: failures are logged and counted in [`Stats`].
+//! routed channel (`email.rs`, `webhook.rs`). The API talks to it through an [`AlertHandle`];
+//! the manager's reload sends it the new `[alerts]` and units. Delivery never blocks supervision
+//! and never crashes anything: failures are logged and counted per channel in [`Stats`], which
+//! the metrics endpoint shows.
 
 pub mod email;
 pub mod message;
@@ -17,13 +18,13 @@ mod task;
 pub mod webhook;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 pub use message::{Alert, AlertEvent};
+pub use outbox::{ChannelStats, DeliveryStats, Stats};
 pub use silence::Silence;
 pub use task::{AlerterSpec, spawn};
 
@@ -52,14 +53,6 @@ impl DeliveryError {
             message: message.into(),
         }
     }
-}
-
-/// Delivery counters since orchd started.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub delivered: AtomicU64,
-    pub failed_attempts: AtomicU64,
-    pub dropped: AtomicU64,
 }
 
 /// The configured channels and the shared HTTP client.

@@ -77,8 +77,9 @@ pub fn spawn(
     tracker: &TaskTracker,
     parts: crate::guard::Parts,
 ) -> Arc<Stats> {
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Stats::new());
     let channels = watch::channel(Arc::new(Channels::new(spec.alerts.clone()))).0;
+    stats.know(&channels.borrow().names());
     let units = watch::channel(spec.units).0;
     let mut receivers = (spec.events, commands);
     let (host, state_dir) = (spec.host, spec.state_dir);
@@ -250,7 +251,9 @@ impl Alerter {
                 self.policy.retain(|s| units.contains_key(s));
                 self.facts.retain(|s, _| units.contains_key(s));
                 self.units.send_replace(units);
-                self.channels.send_replace(Arc::new(Channels::new(alerts)));
+                let channels = Channels::new(alerts);
+                self.stats.know(&channels.names());
+                self.channels.send_replace(Arc::new(channels));
                 tracing::info!("alert configuration applied");
             }
         }
@@ -482,7 +485,7 @@ mod tests {
             units: watch::channel(BTreeMap::new()).0,
             facts: BTreeMap::new(),
             building: FuturesOrdered::new(),
-            stats: Arc::new(Stats::default()),
+            stats: Arc::new(Stats::new()),
             cancel: CancellationToken::new(),
             deliveries: TaskTracker::new(),
         }
