@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -134,13 +135,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         tracker.clone(),
         Some(alerts.clone()),
     );
-    alert::spawn(
+    let alert_stats = alert::spawn(
         AlerterSpec {
             host: host_name(),
             state_dir: state_dir.clone(),
             alerts: alerts_config,
             units,
-            manager: manager.clone(),
             events: alert_events,
         },
         alert_commands,
@@ -171,10 +171,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         });
     }
     if let Some((listen, counters)) = metrics {
+        let sources = crate::metrics::Sources {
+            manager: manager.clone(),
+            counters,
+            alerts: alert_stats.subscribe(),
+        };
         serve_metrics(
             listen,
-            manager.clone(),
-            counters,
+            sources,
             cancel.child_token(),
             &tracker,
             parts.clone(),
@@ -261,8 +265,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 /// log, not a reason to leave the services unsupervised: orchd runs on without metrics.
 async fn serve_metrics(
     listen: std::net::SocketAddr,
-    manager: ManagerHandle,
-    counters: tokio::sync::watch::Receiver<crate::metrics::Counters>,
+    sources: crate::metrics::Sources,
     cancel: CancellationToken,
     tracker: &TaskTracker,
     parts: crate::guard::Parts,
@@ -273,8 +276,8 @@ async fn serve_metrics(
             tracker.spawn(async move {
                 let mut listener = listener;
                 crate::guard::restarting("metrics", parts, cancel.clone(), &mut listener, |l| {
-                    let (m, c, k) = (manager.clone(), counters.clone(), cancel.clone());
-                    Box::pin(async move { crate::metrics::serve(l, m, c, k).await })
+                    let (s, k) = (sources.clone(), cancel.clone());
+                    Box::pin(async move { crate::metrics::serve(l, s, k).await })
                 })
                 .await;
             });
@@ -316,16 +319,13 @@ fn sweep_leftovers(id: &str, cgroups: Option<&CgroupRoot>) {
 
 /// Notify `READY=1` once every service wanted up has settled (or after [`READY_WAIT`]).
 async fn notify_ready(manager: ManagerHandle) {
-    let deadline = tokio::time::Instant::now() + READY_WAIT;
-    while tokio::time::Instant::now() < deadline {
-        let Ok(all) = manager.status(vec![]).await else {
-            return;
-        };
-        let pending = starting_up(&all);
-        if !pending {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    match tokio::time::timeout(READY_WAIT, until_settled(&manager)).await {
+        Ok(Settled::Yes) => {}
+        Ok(Settled::ManagerGone) => return,
+        Err(_) => tracing::warn!(
+            "services still on their way to ready after {}s; notifying READY=1 anyway",
+            READY_WAIT.as_secs()
+        ),
     }
     tracing::info!("ready");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -340,6 +340,46 @@ async fn notify_ready(manager: ManagerHandle) {
                 "unmapped the binary pages start-up used"
             );
         });
+}
+
+/// How [`until_settled`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Settled {
+    Yes,
+    /// The manager is gone (orchd is stopping): nothing to notify.
+    ManagerGone,
+}
+
+/// Wait until no service wanted up is on its way to ready, woken by each change of a status.
+async fn until_settled(manager: &ManagerHandle) -> Settled {
+    loop {
+        let Ok(watches) = manager.watch(vec![]).await else {
+            return Settled::ManagerGone;
+        };
+        if watch_until_settled(watches).await {
+            return Settled::Yes;
+        }
+        // A service was removed (a reload during start-up): follow the new set.
+    }
+}
+
+/// Wait on `watches` until no service is on its way to ready (true), or until one of them
+/// closes (false).
+async fn watch_until_settled(mut watches: Vec<watch::Receiver<ServiceStatus>>) -> bool {
+    loop {
+        let all: Vec<ServiceStatus> = watches
+            .iter_mut()
+            .map(|w| w.borrow_and_update().clone())
+            .collect();
+        if !starting_up(&all) {
+            return true;
+        }
+        // Not empty: with no service, nothing is starting up.
+        let changes = watches.iter_mut().map(|w| Box::pin(w.changed()));
+        if futures::future::select_all(changes).await.0.is_err() {
+            return false;
+        }
+    }
 }
 
 /// Is any service wanted up still on its way to ready?
@@ -431,6 +471,30 @@ mod tests {
             svc("web", State::Starting, false, &["api"]),
         ];
         assert!(!starting_up(&all));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_waits_on_status_changes_not_on_a_clock() {
+        let (db, db_rx) = watch::channel(svc("db", State::Starting, false, &[]));
+        let (api, api_rx) = watch::channel(svc("api", State::Starting, false, &["db"]));
+        let waiting = tokio::spawn(watch_until_settled(vec![db_rx, api_rx]));
+        // Paused time: the wait must end on the changes alone, however long nothing happens.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(!waiting.is_finished());
+        db.send_modify(|s| (s.state, s.ready) = (State::Running, true));
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(!waiting.is_finished(), "api is still on its way");
+        api.send_modify(|s| (s.state, s.ready) = (State::Running, true));
+        assert!(waiting.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_removed_service_ends_the_wait_to_look_again() {
+        let (db, db_rx) = watch::channel(svc("db", State::Starting, false, &[]));
+        let waiting = tokio::spawn(watch_until_settled(vec![db_rx]));
+        drop(db);
+        assert!(!waiting.await.unwrap());
+        assert!(watch_until_settled(vec![]).await, "no service: settled");
     }
 
     #[test]

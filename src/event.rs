@@ -2,6 +2,10 @@
 //!
 //! Supervisors and the manager publish; alerts, history, metrics and `orchctl events` subscribe.
 //! A slow subscriber lags (and is told how many events it missed) but never blocks a publisher.
+//!
+//! A supervisor's events also carry [`Facts`]: the service as it was when the event happened
+//! (release, restarts, last probe) and where its last output lines can be read. The Alerter
+//! builds its alerts from them without asking the manager; they are not part of the JSON.
 
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -84,6 +88,43 @@ pub struct Event {
     /// What happened.
     #[serde(flatten)]
     pub kind: EventKind,
+    /// The service as it was then (set by its supervisor; `None` on events read back from
+    /// JSON and on those published by others).
+    #[serde(skip)]
+    pub facts: Option<Arc<Facts>>,
+}
+
+/// What an alert about an event needs to know of the service, as it was when the event
+/// happened: the status the supervisor published with it.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    /// The active release.
+    pub release: String,
+    /// The service's restart counter.
+    pub restarts: u32,
+    /// The main process, while one runs.
+    pub pid: Option<i32>,
+    /// The last health-probe result.
+    pub last_probe: Option<crate::health::ProbeResult>,
+    /// Where the service's last lines of output are read (its log hub).
+    pub output: Option<Arc<dyn OutputTail>>,
+}
+
+/// Equal when the status facts are; any two output sources count as the same.
+impl PartialEq for Facts {
+    fn eq(&self, other: &Facts) -> bool {
+        (&self.release, self.restarts, self.pid, &self.last_probe)
+            == (&other.release, other.restarts, other.pid, &other.last_probe)
+            && self.output.is_some() == other.output.is_some()
+    }
+}
+
+/// The last lines a service printed, oldest first. Implemented by the supervisor's log hub
+/// (defined here so that the bus depends on nothing above it).
+pub trait OutputTail: Send + Sync + std::fmt::Debug {
+    /// At most `n` lines; empty when the log is gone. Never blocks its caller's task: the
+    /// future asks the log's owner and waits for its answer.
+    fn last_lines(&self, n: usize) -> futures::future::BoxFuture<'static, Vec<String>>;
 }
 
 impl Event {
@@ -93,6 +134,7 @@ impl Event {
             service: service.to_owned(),
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             kind,
+            facts: None,
         }
     }
 }
@@ -146,6 +188,11 @@ async fn keep_events(
                     if ring.len() == capacity {
                         ring.pop_front();
                     }
+                    // `orchctl events` prints no facts: the ring does not keep them alive.
+                    let ev = match ev.facts {
+                        Some(_) => Arc::new(Event { facts: None, ..Event::clone(&ev) }),
+                        None => ev,
+                    };
                     ring.push_back(ev);
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,

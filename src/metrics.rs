@@ -2,8 +2,9 @@
 //! deploys, and orchd's own process figures, in the text exposition format (version 0.0.4).
 //!
 //! One task owns the counters (starts, exits, deploys, …): it counts the events of the bus and
-//! publishes the totals as a `watch` snapshot. A scrape asks the manager for the current
-//! statuses (as `orchctl status` does) and renders both. Nothing here is on a service's path:
+//! publishes the totals as a `watch` snapshot. The alert deliveries keep their own counters per
+//! channel (`alert::Stats`, also a `watch`). A scrape asks the manager for the current statuses
+//! (as `orchctl status` does) and renders them with both. Nothing here is on a service's path:
 //! a slow, absent or misbehaving scraper costs the services nothing.
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::alert::DeliveryStats;
 use crate::event::{Event, EventBus, EventKind};
 use crate::health::ProbeResult;
 use crate::manager::ManagerHandle;
@@ -142,13 +144,19 @@ pub fn spawn_counters(
     rx
 }
 
+/// What a scrape reads.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// Asked for the statuses.
+    pub manager: ManagerHandle,
+    /// The event counters ([`spawn_counters`]).
+    pub counters: watch::Receiver<Counters>,
+    /// The alert delivery counters.
+    pub alerts: watch::Receiver<DeliveryStats>,
+}
+
 /// Serve `GET /metrics` on `listener` until `cancel`.
-pub async fn serve(
-    listener: &TcpListener,
-    manager: ManagerHandle,
-    counters: watch::Receiver<Counters>,
-    cancel: CancellationToken,
-) {
+pub async fn serve(listener: &TcpListener, sources: Sources, cancel: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
@@ -168,12 +176,12 @@ pub async fn serve(
             tracing::debug!("metrics: too many connections; closing a new one");
             continue;
         };
-        let (manager, counters, cancel) = (manager.clone(), counters.clone(), cancel.clone());
+        let (sources, cancel) = (sources.clone(), cancel.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(move |req| {
-                let (manager, counters) = (manager.clone(), counters.clone());
-                async move { Ok::<_, Infallible>(answer(&req, &manager, &counters).await) }
+                let sources = sources.clone();
+                async move { Ok::<_, Infallible>(answer(&req, &sources).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -192,20 +200,17 @@ pub async fn serve(
     }
 }
 
-async fn answer<B>(
-    req: &Request<B>,
-    manager: &ManagerHandle,
-    counters: &watch::Receiver<Counters>,
-) -> Response<Full<Bytes>> {
+async fn answer<B>(req: &Request<B>, sources: &Sources) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let readable = matches!(*req.method(), Method::GET | Method::HEAD);
     match (path, readable) {
         ("/metrics", true) => {
             // The manager does not answer while it stops every service at shutdown.
-            match tokio::time::timeout(STATUS_WAIT, manager.status(Vec::new())).await {
+            match tokio::time::timeout(STATUS_WAIT, sources.manager.status(Vec::new())).await {
                 Ok(Ok(statuses)) => {
                     let process = ProcessStats::read();
-                    let text = render(&statuses, &counters.borrow(), &process);
+                    let alerts = sources.alerts.borrow().clone();
+                    let text = render(&statuses, &sources.counters.borrow(), &alerts, &process);
                     reply(StatusCode::OK, CONTENT_TYPE, text)
                 }
                 Ok(Err(e)) => reply(
@@ -308,9 +313,14 @@ impl ProcessStats {
     }
 }
 
-/// The text exposition of `statuses`, `counters` and orchd's `process` figures. Counters of
-/// services no longer configured are left out.
-pub fn render(statuses: &[ServiceStatus], counters: &Counters, process: &ProcessStats) -> String {
+/// The text exposition of `statuses`, `counters`, the `alerts` delivery counters and orchd's
+/// `process` figures. Counters of services no longer configured are left out.
+pub fn render(
+    statuses: &[ServiceStatus],
+    counters: &Counters,
+    alerts: &DeliveryStats,
+    process: &ProcessStats,
+) -> String {
     let mut out = Out(String::with_capacity(256 + statuses.len() * 1024));
     out.family("orch_build_info", "gauge", "orchd's version; always 1.");
     out.sample(
@@ -321,6 +331,7 @@ pub fn render(statuses: &[ServiceStatus], counters: &Counters, process: &Process
     render_states(&mut out, statuses);
     render_health(&mut out, statuses);
     render_counters(&mut out, statuses, counters);
+    render_alerts(&mut out, alerts);
     render_process(&mut out, process);
     out.0
 }
@@ -500,6 +511,43 @@ fn render_counters(out: &mut Out, statuses: &[ServiceStatus], counters: &Counter
     out.sample("orch_events_missed_total", &[], counters.events_missed);
 }
 
+/// The alert deliveries, per channel (configured now, or with deliveries since orchd started).
+fn render_alerts(out: &mut Out, alerts: &DeliveryStats) {
+    type Of = fn(&crate::alert::ChannelStats) -> u64;
+    let families: [(&str, &str, &str, Of); 4] = [
+        (
+            "orch_alerts_delivered_total",
+            "counter",
+            "Alerts delivered, by channel.",
+            |c| c.delivered,
+        ),
+        (
+            "orch_alert_delivery_failures_total",
+            "counter",
+            "Delivery attempts that failed, by channel (each retry counts).",
+            |c| c.failed_attempts,
+        ),
+        (
+            "orch_alerts_dropped_total",
+            "counter",
+            "Alerts given up, by channel: a permanent error, or retried for 24 h.",
+            |c| c.dropped,
+        ),
+        (
+            "orch_alerts_pending",
+            "gauge",
+            "Deliveries under way, by channel: being attempted or waiting to retry (in the outbox).",
+            |c| c.pending,
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        out.family(name, kind, help);
+        for (channel, c) in alerts {
+            out.sample(name, &[("channel", channel)], get(c));
+        }
+    }
+}
+
 /// orchd's own process, named as every Prometheus client library names it.
 fn render_process(out: &mut Out, p: &ProcessStats) {
     out.family(
@@ -603,6 +651,7 @@ mod tests {
             service: service.into(),
             time: String::new(),
             kind,
+            facts: None,
         }
     }
 
@@ -648,7 +697,12 @@ mod tests {
                 release: "v1".into(),
             },
         ));
-        let text = render(&[s], &counters, &ProcessStats::default());
+        let text = render(
+            &[s],
+            &counters,
+            &DeliveryStats::new(),
+            &ProcessStats::default(),
+        );
         assert!(
             text.lines()
                 .any(|l| l == r#"orch_service_release_info{service="api",release="v\"2\\\nx"} 1"#),
@@ -664,6 +718,30 @@ mod tests {
             let (name, value) = line.rsplit_once(' ').unwrap_or_default();
             assert!(value.parse::<f64>().is_ok(), "{line}");
             assert!(series.insert(name), "{name} twice");
+        }
+    }
+
+    #[test]
+    fn alert_deliveries_show_per_channel() {
+        let alerts = DeliveryStats::from([(
+            "on\"call".to_owned(),
+            crate::alert::ChannelStats {
+                delivered: 3,
+                failed_attempts: 2,
+                dropped: 1,
+                pending: 1,
+            },
+        )]);
+        let text = render(&[], &Counters::default(), &alerts, &ProcessStats::default());
+        for line in [
+            "# TYPE orch_alerts_delivered_total counter",
+            r#"orch_alerts_delivered_total{channel="on\"call"} 3"#,
+            r#"orch_alert_delivery_failures_total{channel="on\"call"} 2"#,
+            r#"orch_alerts_dropped_total{channel="on\"call"} 1"#,
+            "# TYPE orch_alerts_pending gauge",
+            r#"orch_alerts_pending{channel="on\"call"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
         }
     }
 
@@ -709,6 +787,7 @@ mod tests {
         let text = render(
             &[status("api", State::Running)],
             &c,
+            &DeliveryStats::new(),
             &ProcessStats::default(),
         );
         for line in [

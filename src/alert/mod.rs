@@ -2,11 +2,12 @@
 //!
 //! The Alerter task (`task.rs`) subscribes to the event bus and owns the policy (`policy.rs`:
 //! dedup, reminders, incidents, recoveries), the silences (`silence.rs`) and the durable outbox
-//! (`outbox.rs`). It builds each alert's content (`message.rs`) from the event, the service's
-//! status and its last output lines (asked of the manager), then queues one delivery per routed
-//! channel (`email.rs`, `webhook.rs`). The API talks to it through an [`AlertHandle`]; the
-//! manager's reload sends it the new `[alerts]` and units. Delivery never blocks supervision and
-//! never crashes anything: failures are logged and counted in [`Stats`].
+//! (`outbox.rs`). It builds each alert's content (`message.rs`) from the event and the facts it
+//! carries (the service's status then, and its last output lines), then queues one delivery per
+//! routed channel (`email.rs`, `webhook.rs`). The API talks to it through an [`AlertHandle`];
+//! the manager's reload sends it the new `[alerts]` and units. Delivery never blocks supervision
+//! and never crashes anything: failures are logged and counted per channel in [`Stats`], which
+//! the metrics endpoint shows.
 
 pub mod email;
 mod error;
@@ -18,7 +19,6 @@ mod task;
 pub mod webhook;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use error::AlertError;
 pub use message::{Alert, AlertEvent};
+pub use outbox::{ChannelStats, DeliveryStats, Stats};
 pub use silence::Silence;
 pub use task::{AlerterSpec, spawn};
 
@@ -53,14 +54,6 @@ impl DeliveryError {
             message: message.into(),
         }
     }
-}
-
-/// Delivery counters since orchd started.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub delivered: AtomicU64,
-    pub failed_attempts: AtomicU64,
-    pub dropped: AtomicU64,
 }
 
 /// The configured channels and the shared HTTP client.

@@ -4,20 +4,21 @@
 //! Each pending delivery has its own task ([`deliver`]) that retries with exponential backoff
 //! (1 s, 2 s, 4 s, … capped at 1 h) for up to 24 h, then drops it with an error. A permanent
 //! error (a 4xx other than 429) drops it at once. Pending files are resent when orchd starts.
-//! Owned by the Alerter task; a delivery never blocks it or supervision.
+//! Owned by the Alerter task; a delivery never blocks it or supervision. Deliveries count what
+//! becomes of them per channel in [`Stats`], which the metrics endpoint reads.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::Channels;
 use super::message::Alert;
-use super::{Channels, Stats};
 use crate::state::{StateError, write_atomic};
 
 /// Directory inside `state_dir`.
@@ -28,6 +29,88 @@ pub const KEEP_FOR: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
 /// One attempt may take this long (SMTP dialogue or HTTP request).
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What became of one channel's deliveries since orchd started.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelStats {
+    /// Alerts delivered.
+    pub delivered: u64,
+    /// Attempts that failed (each retry counts).
+    pub failed_attempts: u64,
+    /// Alerts given up: a permanent error, or retried for [`KEEP_FOR`].
+    pub dropped: u64,
+    /// Deliveries under way: being attempted or waiting to retry (their files are in the outbox).
+    pub pending: u64,
+}
+
+/// Every channel's [`ChannelStats`], by channel name.
+pub type DeliveryStats = BTreeMap<String, ChannelStats>;
+
+/// The delivery counters: written by the deliveries, read (as a `watch`) by the metrics
+/// endpoint. Outlives restarts of the Alerter.
+#[derive(Debug)]
+pub struct Stats {
+    tx: watch::Sender<DeliveryStats>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats::new()
+    }
+}
+
+impl Stats {
+    pub fn new() -> Stats {
+        Stats {
+            tx: watch::channel(DeliveryStats::new()).0,
+        }
+    }
+
+    /// The counters now and as they change.
+    pub fn subscribe(&self) -> watch::Receiver<DeliveryStats> {
+        self.tx.subscribe()
+    }
+
+    /// Let configured channels show (at zero) before their first alert.
+    pub fn know(&self, channels: &[String]) {
+        self.tx.send_if_modified(|all| {
+            let before = all.len();
+            for c in channels {
+                all.entry(c.clone()).or_default();
+            }
+            all.len() != before
+        });
+    }
+
+    fn update(&self, channel: &str, change: impl FnOnce(&mut ChannelStats)) {
+        self.tx.send_modify(|all| match all.get_mut(channel) {
+            Some(c) => change(c),
+            None => change(all.entry(channel.to_owned()).or_default()),
+        });
+    }
+
+    /// Count a delivery under way until the returned guard is dropped.
+    fn pending(self: &Arc<Self>, channel: &str) -> PendingGuard {
+        self.update(channel, |c| c.pending += 1);
+        PendingGuard {
+            stats: self.clone(),
+            channel: channel.to_owned(),
+        }
+    }
+}
+
+/// A delivery under way; it ends (in the counters) however the delivery task ends.
+struct PendingGuard {
+    stats: Arc<Stats>,
+    channel: String,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.stats
+            .update(&self.channel, |c| c.pending = c.pending.saturating_sub(1));
+    }
+}
 
 /// One alert to deliver to one channel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,6 +231,7 @@ pub async fn deliver(
     stats: Arc<Stats>,
     cancel: CancellationToken,
 ) {
+    let _pending = stats.pending(&p.channel);
     loop {
         let chans = channels.borrow().clone();
         let result =
@@ -162,18 +246,18 @@ pub async fn deliver(
         let e = match result {
             Ok(()) => {
                 outbox.remove(&p.id);
-                stats.delivered.fetch_add(1, Ordering::Relaxed);
+                stats.update(channel, |c| c.delivered += 1);
                 tracing::info!(channel = %channel, alert = %alert, service = %p.alert.service, attempts = p.attempts + 1, "alert delivered");
                 return;
             }
             Err(e) => e,
         };
-        stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        stats.update(channel, |c| c.failed_attempts += 1);
         p.attempts += 1;
         let age = unix_now().saturating_sub(p.created);
         if e.permanent || age >= KEEP_FOR.as_secs() {
             outbox.remove(&p.id);
-            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            stats.update(channel, |c| c.dropped += 1);
             let why = if e.permanent {
                 "permanent error"
             } else {
@@ -207,6 +291,47 @@ mod tests {
             .map(|&n| retry_delay(n).as_secs())
             .collect();
         assert_eq!(d, vec![1, 2, 4, 8, 2048, 3600, 3600]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_delivery_is_counted_failed_and_dropped_and_no_longer_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::new(dir.path());
+        let stats = Arc::new(Stats::new());
+        stats.know(&["oncall".to_owned()]);
+        let alert = Alert::new(
+            "h",
+            "api",
+            AlertEvent::Test,
+            Facts::default(),
+            "2026-01-01T00:00:00Z",
+        );
+        let p = Pending::new(alert, "gone");
+        outbox.put(&p).unwrap();
+        // A channel no longer configured: a permanent error, dropped at the first attempt.
+        let channels = watch::channel(Arc::new(Channels::new(Default::default()))).1;
+        let delivery = tokio::spawn(deliver(
+            outbox.clone(),
+            channels,
+            p,
+            stats.clone(),
+            CancellationToken::new(),
+        ));
+        delivery.await.unwrap();
+        let gone = ChannelStats {
+            failed_attempts: 1,
+            dropped: 1,
+            ..ChannelStats::default()
+        };
+        let all = stats.subscribe().borrow().clone();
+        assert_eq!(
+            all,
+            DeliveryStats::from([
+                ("gone".to_owned(), gone),
+                ("oncall".to_owned(), ChannelStats::default())
+            ])
+        );
+        assert!(outbox.load().is_empty());
     }
 
     #[test]

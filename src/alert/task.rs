@@ -2,8 +2,10 @@
 //! back under silences, queues them in the outbox and spawns their deliveries; answers
 //! `alert-test`, `silence`, `silences`, `unsilence` and reconfiguration from [`AlertHandle`]s.
 //!
-//! It never waits on a delivery: each runs in its own task. Its only waits are bounded asks
-//! to the manager (status and log tail) while building an alert.
+//! It never waits on a delivery (each runs in its own task), nor on anyone while building an
+//! alert: the event carries the service's facts as they were when it happened, and the last
+//! output lines are read from the service's log while the loop goes on; built alerts come back
+//! to the loop in the order of their events.
 //!
 //! [`AlertHandle`]: super::AlertHandle
 
@@ -13,6 +15,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -25,11 +30,11 @@ use super::policy::{Notice, Policy, UnitInfo};
 use super::silence::{self, Silences};
 use super::{ChannelReport, Channels, Cmd, Stats};
 use crate::config::{AlertsConfig, UnitEntry};
-use crate::event::Event;
-use crate::manager::ManagerHandle;
+use crate::event::{self, Event};
 
-/// Bound on each question to the manager while building an alert.
-const ASK_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bound on reading a service's last output lines for an alert; without them in time, the
+/// alert goes out without them.
+const OUTPUT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bound on `alert-test` per channel.
 const TEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -39,7 +44,6 @@ pub struct AlerterSpec {
     pub state_dir: PathBuf,
     pub alerts: AlertsConfig,
     pub units: BTreeMap<String, UnitEntry>,
-    pub manager: ManagerHandle,
     /// Subscribed before the services start, so no early event is missed.
     pub events: broadcast::Receiver<std::sync::Arc<Event>>,
 }
@@ -53,7 +57,11 @@ struct Alerter {
     /// with the configuration the last reload gave.
     channels: watch::Sender<Arc<Channels>>,
     units: watch::Sender<BTreeMap<String, UnitEntry>>,
-    manager: ManagerHandle,
+    /// Per service, the facts of its last event that had some: for alerts without an event of
+    /// their own (a recovery by time) and events published without facts.
+    facts: BTreeMap<String, Arc<event::Facts>>,
+    /// Alerts waiting for their service's output lines, in the order of their events.
+    building: FuturesOrdered<BoxFuture<'static, Alert>>,
     stats: Arc<Stats>,
     cancel: CancellationToken,
     deliveries: TaskTracker,
@@ -69,11 +77,12 @@ pub fn spawn(
     tracker: &TaskTracker,
     parts: crate::guard::Parts,
 ) -> Arc<Stats> {
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Stats::new());
     let channels = watch::channel(Arc::new(Channels::new(spec.alerts.clone()))).0;
+    stats.know(&channels.borrow().names());
     let units = watch::channel(spec.units).0;
     let mut receivers = (spec.events, commands);
-    let (host, state_dir, manager) = (spec.host, spec.state_dir, spec.manager);
+    let (host, state_dir) = (spec.host, spec.state_dir);
     let returned = stats.clone();
     let part_cancel = cancel.clone();
     tracker.spawn(async move {
@@ -91,7 +100,8 @@ pub fn spawn(
                     outbox: Outbox::new(&state_dir),
                     channels: channels.clone(),
                     units: units.clone(),
-                    manager: manager.clone(),
+                    facts: BTreeMap::new(),
+                    building: FuturesOrdered::new(),
                     stats: stats.clone(),
                     cancel: cancel.clone(),
                     deliveries: TaskTracker::new(),
@@ -133,7 +143,7 @@ impl Alerter {
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
                 ev = events.recv() => match ev {
-                    Ok(ev) => self.on_event(std::sync::Arc::unwrap_or_clone(ev)).await,
+                    Ok(ev) => self.on_event(std::sync::Arc::unwrap_or_clone(ev)),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "alerter fell behind the event bus; some events were not considered");
                     }
@@ -143,12 +153,19 @@ impl Alerter {
                     Some(cmd) => self.on_cmd(cmd),
                     None => break,
                 },
+                Some(alert) = self.building.next() => self.release(alert),
                 _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
-                    self.on_tick().await;
+                    self.on_tick();
                 }
             }
         }
-        // Give first attempts a moment; whatever is left stays in the outbox for next time.
+        // Alerts still being built are sent (each waits for its output at most
+        // OUTPUT_TIMEOUT); first attempts get a moment; whatever is left stays in the outbox
+        // for next time.
+        while let Ok(Some(alert)) = tokio::time::timeout(OUTPUT_TIMEOUT, self.building.next()).await
+        {
+            self.release(alert);
+        }
         self.deliveries.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.deliveries.wait()).await;
     }
@@ -163,20 +180,23 @@ impl Alerter {
         }
     }
 
-    async fn on_event(&mut self, ev: Event) {
+    fn on_event(&mut self, ev: Event) {
+        if let Some(facts) = &ev.facts {
+            self.facts.insert(ev.service.clone(), facts.clone());
+        }
         let info = self.unit_info(&ev.service);
         let notices = self
             .policy
             .on_event(&ev.service, &ev.kind, info, Instant::now());
         for n in notices {
-            self.emit(n, &ev.time).await;
+            self.emit(n, &ev.time);
         }
     }
 
-    async fn on_tick(&mut self) {
+    fn on_tick(&mut self) {
         let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         for n in self.policy.tick(Instant::now()) {
-            self.emit(n, &now).await;
+            self.emit(n, &now);
         }
         for s in self.silences.expire(SystemTime::now()) {
             self.silence_ended(s);
@@ -221,63 +241,41 @@ impl Alerter {
             Cmd::Reconfigure { alerts, units } => {
                 self.policy.set_repeat(alerts.repeat_interval);
                 self.policy.retain(|s| units.contains_key(s));
+                self.facts.retain(|s, _| units.contains_key(s));
                 self.units.send_replace(units);
-                self.channels.send_replace(Arc::new(Channels::new(alerts)));
+                let channels = Channels::new(alerts);
+                self.stats.know(&channels.names());
+                self.channels.send_replace(Arc::new(channels));
                 tracing::info!("alert configuration applied");
             }
         }
     }
 
-    /// Build the alert for a notice, then hold it (silence) or queue it.
-    async fn emit(&mut self, n: Notice, time: &str) {
-        let alert = self.build(&n, time).await;
+    /// Start building the alert for a notice: its facts are the event's (else the last known
+    /// of the service); its output lines are read from the service's log beside the loop.
+    fn emit(&mut self, n: Notice, time: &str) {
+        let facts = self.facts.get(&n.service).cloned();
+        let output = facts.as_ref().and_then(|f| f.output.clone());
+        let (host, time) = (self.host.clone(), time.to_owned());
+        self.building.push_back(Box::pin(async move {
+            let output = match output {
+                Some(log) => tokio::time::timeout(OUTPUT_TIMEOUT, log.last_lines(OUTPUT_LINES))
+                    .await
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            };
+            build(&host, &n, facts.as_deref(), output, &time)
+        }));
+    }
+
+    /// A built alert: hold it (silence) or queue it.
+    fn release(&mut self, alert: Alert) {
         if let Some(id) = self.silences.hold(&alert, SystemTime::now()) {
             tracing::info!(service = %alert.service, silence = %id, "alert held back by a silence: {}", alert.summary);
             return;
         }
         let routes = self.routes(&alert.service);
         self.dispatch(alert, routes);
-    }
-
-    async fn build(&self, n: &Notice, time: &str) -> Alert {
-        let status =
-            tokio::time::timeout(ASK_TIMEOUT, self.manager.status(vec![n.service.clone()]))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .and_then(|mut v| v.pop());
-        let output =
-            match tokio::time::timeout(ASK_TIMEOUT, self.manager.logs(n.service.clone())).await {
-                Ok(Ok(hub)) => tokio::time::timeout(ASK_TIMEOUT, hub.tail(OUTPUT_LINES))
-                    .await
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|l| l.line)
-                    .collect(),
-                _ => Vec::new(),
-            };
-        let probe = n.probe.clone().or_else(|| {
-            status
-                .as_ref()
-                .and_then(|s| s.last_probe.as_ref())
-                .map(ToString::to_string)
-        });
-        let facts = Facts {
-            exit_code: n.exit_code,
-            signal: n.signal.clone(),
-            restarts: n
-                .restarts
-                .or(status.as_ref().map(|s| s.restarts))
-                .unwrap_or(0),
-            backoff_ms: n.backoff_ms,
-            reason: n.reason.clone(),
-            last_probe: probe,
-            release: status.map(|s| s.release).filter(|r| !r.is_empty()),
-            held_back: n.held_back,
-            down: n.down,
-            output,
-        };
-        Alert::new(&self.host, &n.service, n.event, facts, time)
     }
 
     /// The channels a service's alerts go to: its `alert` list, or all.
@@ -389,5 +387,146 @@ impl Alerter {
             });
             let _ = reply.send(Ok(futures::future::join_all(sends).await));
         });
+    }
+}
+
+/// The alert for notice `n`: what the policy saw in the events, and the service's `facts`
+/// where the notice has no figure of its own.
+fn build(
+    host: &str,
+    n: &Notice,
+    facts: Option<&event::Facts>,
+    output: Vec<String>,
+    time: &str,
+) -> Alert {
+    let probe = n.probe.clone().or_else(|| {
+        facts
+            .and_then(|f| f.last_probe.as_ref())
+            .map(ToString::to_string)
+    });
+    let facts = Facts {
+        exit_code: n.exit_code,
+        signal: n.signal.clone(),
+        restarts: n.restarts.or(facts.map(|f| f.restarts)).unwrap_or(0),
+        backoff_ms: n.backoff_ms,
+        reason: n.reason.clone(),
+        last_probe: probe,
+        release: facts.map(|f| f.release.clone()).filter(|r| !r.is_empty()),
+        held_back: n.held_back,
+        down: n.down,
+        output,
+    };
+    Alert::new(host, &n.service, n.event, facts, time)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EventKind, OutputTail};
+
+    /// A service's log: these lines, or (None) a log that never answers.
+    #[derive(Debug)]
+    struct Log(Option<Vec<&'static str>>);
+
+    impl OutputTail for Log {
+        fn last_lines(&self, n: usize) -> BoxFuture<'static, Vec<String>> {
+            match &self.0 {
+                Some(lines) => {
+                    let skip = lines.len().saturating_sub(n);
+                    let lines: Vec<String> = lines[skip..].iter().map(|l| l.to_string()).collect();
+                    Box::pin(async move { lines })
+                }
+                None => Box::pin(futures::future::pending()),
+            }
+        }
+    }
+
+    fn facts(release: &str, restarts: u32, log: Log) -> Option<Arc<event::Facts>> {
+        Some(Arc::new(event::Facts {
+            release: release.into(),
+            restarts,
+            pid: None,
+            last_probe: None,
+            output: Some(Arc::new(log)),
+        }))
+    }
+
+    fn event(service: &str, kind: EventKind, facts: Option<Arc<event::Facts>>) -> Event {
+        Event {
+            service: service.into(),
+            time: "2026-11-22T08:00:00Z".into(),
+            kind,
+            facts,
+        }
+    }
+
+    fn failed(service: &str, facts: Option<Arc<event::Facts>>) -> Event {
+        let reason = "exited 1; gave up after 5 restarts (start limit)".into();
+        event(service, EventKind::Failed { reason }, facts)
+    }
+
+    fn alerter(state_dir: &std::path::Path) -> Alerter {
+        Alerter {
+            host: "h".into(),
+            policy: Policy::new(Duration::from_secs(3600)),
+            silences: Silences::load(state_dir),
+            outbox: Outbox::new(state_dir),
+            channels: watch::channel(Arc::new(Channels::new(AlertsConfig::default()))).0,
+            units: watch::channel(BTreeMap::new()).0,
+            facts: BTreeMap::new(),
+            building: FuturesOrdered::new(),
+            stats: Arc::new(Stats::new()),
+            cancel: CancellationToken::new(),
+            deliveries: TaskTracker::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn alerts_are_built_from_the_facts_in_event_order_and_a_silent_log_costs_one_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = alerter(dir.path());
+        let t0 = Instant::now();
+        a.on_event(failed("stuck", facts("v1", 2, Log(None))));
+        a.on_event(failed("api", facts("v7", 5, Log(Some(vec!["a", "b"])))));
+        let first = a.building.next().await.unwrap();
+        assert_eq!(t0.elapsed(), OUTPUT_TIMEOUT, "the log that never answers");
+        assert_eq!(
+            (
+                first.service.as_str(),
+                first.release.as_deref(),
+                first.restarts
+            ),
+            ("stuck", Some("v1"), 2)
+        );
+        assert!(first.output.is_empty());
+        let second = a.building.next().await.unwrap();
+        assert_eq!(
+            second.summary,
+            "api FAILED: exited 1, gave up after 5 restarts"
+        );
+        assert_eq!(second.release.as_deref(), Some("v7"));
+        assert_eq!(second.output, vec!["a", "b"]);
+        assert_eq!(t0.elapsed(), OUTPUT_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn an_event_without_facts_takes_the_last_known_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = alerter(dir.path());
+        let started = EventKind::Started {
+            pid: 7,
+            release: "v3".into(),
+        };
+        a.on_event(event("api", started, facts("v3", 0, Log(Some(vec!["up"])))));
+        assert!(a.building.is_empty(), "a start is no alert");
+        a.on_event(failed("api", None));
+        let alert = a.building.next().await.unwrap();
+        assert_eq!(alert.release.as_deref(), Some("v3"));
+        assert_eq!(alert.output, vec!["up"]);
+        // A service never seen: an alert with what the event says, and nothing more.
+        a.on_event(failed("new", None));
+        let alert = a.building.next().await.unwrap();
+        assert_eq!(alert.summary, "new FAILED: exited 1, not restarting");
+        assert_eq!((alert.release, alert.output.len()), (None, 0));
     }
 }

@@ -1,11 +1,17 @@
 //! Publishing a supervisor's state: the status snapshot on its `watch` (from the active
-//! slot, with both slots and the deploy in progress), then the events that go with it.
+//! slot, with both slots and the deploy in progress), then the events that go with it, each
+//! carrying the [`Facts`] of that status (what an alert about it quotes).
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
 
 use super::ServiceStatus;
 use super::deploy::DeployRun;
+use super::logs::LogHub;
 use super::state::State;
 use super::task::Supervisor;
-use crate::event::{Event, EventKind};
+use crate::event::{Event, EventKind, Facts, OutputTail};
 use crate::health::ProbeResult;
 
 impl Supervisor {
@@ -17,6 +23,7 @@ impl Supervisor {
 
     pub(super) fn publish_status(&mut self) {
         let new = self.snapshot();
+        let facts = (!self.events.is_empty()).then(|| self.facts(&new));
         self.status.send_if_modified(|s| {
             let mut new = new;
             if s.state == new.state && s.pid == new.pid {
@@ -28,9 +35,21 @@ impl Supervisor {
             *s = new;
             true
         });
-        for event in self.events.drain(..) {
+        for mut event in self.events.drain(..) {
+            event.facts.clone_from(&facts);
             self.shared.bus.publish(event);
         }
+    }
+
+    /// The service as `status` shows it, and its log (read later, by whoever needs it).
+    fn facts(&self, status: &ServiceStatus) -> Arc<Facts> {
+        Arc::new(Facts {
+            release: status.release.clone(),
+            restarts: status.restarts,
+            pid: status.pid,
+            last_probe: status.last_probe.clone(),
+            output: Some(Arc::new(self.logs.clone())),
+        })
     }
 
     fn snapshot(&self) -> ServiceStatus {
@@ -88,5 +107,12 @@ impl Supervisor {
                 open: self.proxy.as_ref().map_or(0, |p| p.stats().open(s.index)),
             })
             .collect()
+    }
+}
+
+impl OutputTail for LogHub {
+    fn last_lines(&self, n: usize) -> BoxFuture<'static, Vec<String>> {
+        let hub = self.clone();
+        Box::pin(async move { hub.tail(n).await.into_iter().map(|l| l.line).collect() })
     }
 }

@@ -229,3 +229,65 @@ fn a_metrics_port_in_use_is_an_error_and_the_services_run() {
     });
     assert_eq!(orchd.state("web"), "running");
 }
+
+#[test]
+fn alert_deliveries_are_counted_per_channel() {
+    let good = crate::receiver::Receiver::start(&[]);
+    let refusing = crate::receiver::Receiver::start(&[404]);
+    // Nothing listens there: every attempt fails and the alert waits in the outbox to retry.
+    let down = crate::receiver::free_port();
+    let port = free_ports(1)[0];
+    let mut s = Setup::new();
+    let hook = |name: &str, url: String| {
+        format!("[[alerts.webhook]]\nname = \"{name}\"\nurl = \"{url}\"\nformat = \"json\"\n")
+    };
+    s.extra_config = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[alerts]\n{}{}{}",
+        hook("good", good.url("/hook")),
+        hook("refusing", refusing.url("/hook")),
+        hook("down", format!("http://127.0.0.1:{down}/hook")),
+    );
+    s.unit(
+        "job",
+        "exec = [\"sh\", \"-c\", \"echo about to fail; exit 7\"]\n[restart]\npolicy = \"no\"\n",
+    );
+    let orchd = s.start();
+    orchd.wait_state("job", "failed", T);
+
+    let expected = [
+        "orch_alerts_delivered_total{channel=\"good\"} 1",
+        "orch_alert_delivery_failures_total{channel=\"good\"} 0",
+        "orch_alerts_pending{channel=\"good\"} 0",
+        "orch_alerts_delivered_total{channel=\"refusing\"} 0",
+        "orch_alert_delivery_failures_total{channel=\"refusing\"} 1",
+        "orch_alerts_dropped_total{channel=\"refusing\"} 1",
+        "orch_alerts_pending{channel=\"refusing\"} 0",
+        "orch_alerts_delivered_total{channel=\"down\"} 0",
+        "orch_alerts_dropped_total{channel=\"down\"} 0",
+        "orch_alerts_pending{channel=\"down\"} 1",
+    ];
+    let mut body = String::new();
+    orchd.wait_for("the deliveries in the metrics", T, || {
+        body = scrape(port);
+        expected.iter().all(|sample| has(&body, sample))
+            && body.lines().any(|l| {
+                l.strip_prefix("orch_alert_delivery_failures_total{channel=\"down\"} ")
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|n| n >= 1)
+            })
+    });
+    assert_eq!(good.hits().len(), 1);
+    assert_eq!(good.hits()[0].json()["event"], "failed");
+    let families = parse_with_prometheus_client(&body);
+    for family in [
+        "orch_alerts_delivered counter 3",
+        "orch_alert_delivery_failures counter 3",
+        "orch_alerts_dropped counter 3",
+        "orch_alerts_pending gauge 3",
+    ] {
+        assert!(
+            families.iter().any(|f| f == family),
+            "{family}: {families:?}"
+        );
+    }
+}

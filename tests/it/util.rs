@@ -37,6 +37,15 @@ pub fn wait_some<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
+/// For a test marked `#[ignore = "needs root …"]` (scripts/test.sh runs those as root with
+/// `--ignored`, as CI does): run without root it fails, rather than pass having tested nothing.
+pub fn require_root(why: &str) {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test needs root ({why}): run it as root with --ignored (scripts/test.sh does)"
+    );
+}
+
 /// A temp directory laid out as orchd expects: `orchd.toml`, `units/`, `state/`, `orchd.sock`.
 pub struct Setup {
     pub dir: tempfile::TempDir,
