@@ -11,28 +11,38 @@
 //!        │                          supervisor task per service ──────┘
 //!        │                          (state::Machine, instance, logs::LogHub)
 //!        │                                      │ spawn / exits
-//!        │                          process::Spawner thread (fork+exec, PDEATHSIG)
+//!        │                          process::Spawner thread (clone3 into the cgroup, PDEATHSIG)
 //!        │                          reaper thread (SIGCHLD, waitpid(-1)), cgroups
 //!        └──────── events (event::EventBus broadcast) <───────┘
 //!                               │
 //!                 alert task (policy, silences, outbox) ──> email (lettre), webhook (reqwest)
 //! ```
 //!
-//! - [`config`]: the serde mirror of orchd.toml and units, validation into typed units.
-//! - [`supervisor`]: one task per service; [`supervisor::state`] is the pure state machine.
-//! - [`manager`]: the registry; routes requests; dependency order; reload diff.
-//! - [`api`]: wire protocol, authorization by peer credentials, socket server, client.
-//! - [`alert`]: the Alerter: dedup, recoveries, silences, durable outbox, email and webhooks.
-//! - [`guard`]: catching panics in orchd's tasks, restarting them, recording them for status.
+//! Modules, each a stage of that flow. `use` only points down this list (a DAG; the picture
+//! is in docs/design-notes.md, "Module layout"):
+//!
+//! - [`files`], [`deadline`], [`guard`], [`memory`]: leaves — bounded reads and private atomic
+//!   writes (and the state-writer thread); saturating deadline arithmetic; catching panics in
+//!   orchd's tasks, restarting them and recording them for `status`; giving back the binary
+//!   pages and heap only start-up used.
+//! - [`process`]: the spawner (a vfork-style clone into the instance cgroup), the one reaper,
+//!   cgroups, process groups.
+//! - [`config`]: the serde mirror of orchd.toml and units, validation into typed units, the
+//!   bounds of every value, the release-name rule.
+//! - [`state`]: persisted per-service state (`state.json`).
+//! - [`health`]: probes (http, tcp, exec) on orchd's schedule and the pure health tracker.
 //! - [`event`]: facts on one broadcast bus, and the recent-events log.
-//! - [`files`]: bounded reads, private atomic writes, the state-writer thread.
-//! - [`state`]: persisted per-service state, written atomically.
-//! - [`daemon`]: start-up, signals, readiness, watchdog, shutdown.
-//! - [`deadline`]: saturating deadline arithmetic.
-//! - [`memory`]: giving back the binary pages and heap only start-up used.
+//! - [`deploy`]: the proxy that holds a deployed service's port, and release history.
+//! - [`supervisor`]: one task per service; [`supervisor::state`] is the pure state machine,
+//!   [`supervisor::deploy`] the pure deploy machine and its driver.
+//! - [`alert`]: the Alerter: dedup, recoveries, silences, durable outbox, email and webhooks.
+//! - [`manager`]: the registry; routes requests; dependency order; reload diff; records
+//!   finished deploys.
+//! - [`api`]: the typed wire protocol ([`api::proto`]), authorization by peer credentials,
+//!   socket server, D-Bus adapter, client; domain errors become wire errors here only.
 //! - [`metrics`]: the Prometheus endpoint (`[metrics] listen`).
-//! - [`ctl`]: `orchctl`'s human and JSON output.
-//! - [`manpage`]: `orchd(8)` and `orchctl(1)` from the clap definitions.
+//! - [`ctl`], [`manpage`]: `orchctl`'s human and JSON output; `orchd(8)` and `orchctl(1)`.
+//! - [`daemon`]: start-up, signals, readiness, watchdog, shutdown.
 
 pub mod alert;
 pub mod api;
