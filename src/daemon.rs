@@ -130,7 +130,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         config,
         shared,
         records,
-        writer,
+        writer.clone(),
         cancel.child_token(),
         tracker.clone(),
         Some(alerts.clone()),
@@ -254,6 +254,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         tracing::warn!("some tasks did not finish in time");
     }
     manager_task.abort();
+    writer.flush(EXIT_GRACE).await;
     if let Some(root) = cgroups {
         let _ = tokio::task::spawn_blocking(move || root.remove_all()).await;
     }

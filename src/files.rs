@@ -32,7 +32,8 @@ pub type WriteAck = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 #[derive(Debug)]
 struct WriteJob {
-    path: PathBuf,
+    /// None: a barrier, acknowledged once every write before it is done.
+    path: Option<PathBuf>,
     bytes: Vec<u8>,
     ack: Option<WriteAck>,
 }
@@ -45,7 +46,10 @@ impl Writer {
             .name("orch-state".into())
             .spawn(move || {
                 while let Ok(job) = rx.recv() {
-                    let result = write_atomic(&job.path, &job.bytes);
+                    let result = match &job.path {
+                        Some(path) => write_atomic(path, &job.bytes),
+                        None => Ok(()),
+                    };
                     if let Err(e) = &result {
                         tracing::error!(error = %e, "cannot write a state file");
                     }
@@ -59,8 +63,21 @@ impl Writer {
 
     /// Write `bytes` to `path` atomically, after what was asked before; `ack` hears when.
     pub fn write(&self, path: PathBuf, bytes: Vec<u8>, ack: Option<WriteAck>) {
+        self.send(Some(path), bytes, ack);
+    }
+
+    /// Wait (at most `bound`) until everything asked so far is written: before orchd exits.
+    pub async fn flush(&self, bound: std::time::Duration) {
+        let (ack, done) = tokio::sync::oneshot::channel();
+        self.send(None, Vec::new(), Some(ack));
+        if tokio::time::timeout(bound, done).await.is_err() {
+            tracing::warn!("state files were still being written when orchd stopped");
+        }
+    }
+
+    fn send(&self, path: Option<PathBuf>, bytes: Vec<u8>, ack: Option<WriteAck>) {
         if let Err(std::sync::mpsc::SendError(job)) = self.tx.send(WriteJob { path, bytes, ack }) {
-            tracing::error!(path = %job.path.display(), "the state writer is gone; not written");
+            tracing::error!(path = ?job.path, "the state writer is gone; not written");
             if let Some(ack) = job.ack {
                 let _ = ack.send(Err("the state writer is gone".into()));
             }

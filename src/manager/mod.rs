@@ -533,13 +533,34 @@ impl Manager {
                     .stopped = op == Op::Stop;
             }
         }
-        self.save();
+        // The operator's intent is on disk before the command is answered: the last
+        // target's acknowledgement waits for the write too (the handler awaits them all).
+        let written = self.save_acked();
+        if let Some((rx, acked)) = out.pop() {
+            let (ack, both) = oneshot::channel();
+            tokio::spawn(async move {
+                let _ = acked.await;
+                if let Ok(Err(e)) = written.await {
+                    tracing::error!(error = %e, "cannot persist state");
+                }
+                let _ = ack.send(());
+            });
+            out.push((rx, both));
+        }
         Ok(out)
     }
 
     fn save(&self) {
         self.persisted
             .save_with(&self.state_dir(), &self.writer, None);
+    }
+
+    /// Save, and hear when it is written.
+    fn save_acked(&self) -> oneshot::Receiver<Result<(), String>> {
+        let (ack, written) = oneshot::channel();
+        self.persisted
+            .save_with(&self.state_dir(), &self.writer, Some(ack));
+        written
     }
 
     async fn shutdown(&mut self) {
