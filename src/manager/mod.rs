@@ -422,7 +422,7 @@ impl Manager {
                     let _ = reply.send(self.watch(&services));
                 }
                 Msg::Reload { dry_run, reply } => {
-                    let _ = reply.send(self.reload(dry_run));
+                    let _ = reply.send(self.reload(dry_run).await);
                 }
                 Msg::Shutdown { reply } => {
                     self.shutdown().await;

@@ -67,9 +67,20 @@ pub fn plan(old: &Config, new: &Config) -> ReloadReport {
 }
 
 impl Manager {
-    pub(super) fn reload(&mut self, dry_run: bool) -> Result<ReloadReport, ManagerError> {
+    /// Re-read the configuration (on a blocking thread: unit files, `env`/NSS lookups and
+    /// the like must not hold an async worker) and apply what changed.
+    pub(super) async fn reload(&mut self, dry_run: bool) -> Result<ReloadReport, ManagerError> {
         let path = self.config.daemon.path.clone();
-        let new = config::load(&path).map_err(invalid)?;
+        let loaded = tokio::task::spawn_blocking(move || config::load(&path)).await;
+        let new = match loaded {
+            Ok(result) => result.map_err(invalid)?,
+            Err(e) => {
+                return Err(invalid(vec![config::Diagnostic::whole_file(
+                    &self.config.daemon.path,
+                    format!("reading the configuration failed: {e}"),
+                )]));
+            }
+        };
         let errors = new.diagnostics();
         if !errors.is_empty() {
             return Err(invalid(errors));
