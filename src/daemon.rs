@@ -142,6 +142,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             alerts: alerts_config,
             units,
             events: alert_events,
+            writer: writer.clone(),
         },
         alert_commands,
         cancel.child_token(),

@@ -68,6 +68,8 @@ impl Silence {
 pub struct Silences {
     path: PathBuf,
     list: Vec<Silence>,
+    /// Writes the file in order, off the async runtime (None: write here and now, for tests).
+    writer: Option<crate::files::Writer>,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -85,15 +87,34 @@ impl Silences {
             }),
             Err(_) => Vec::new(),
         };
-        Silences { path, list }
+        Silences {
+            path,
+            list,
+            writer: None,
+        }
+    }
+
+    /// Write the file through `writer` (one thread, in order) from now on.
+    pub fn with_writer(mut self, writer: crate::files::Writer) -> Silences {
+        self.writer = Some(writer);
+        self
     }
 
     fn save(&self) {
-        let result = serde_json::to_vec_pretty(&self.list)
-            .map_err(crate::state::StateError::from)
-            .and_then(|b| write_atomic(&self.path, &b));
-        if let Err(e) = result {
-            tracing::error!(error = %e, "cannot persist silences");
+        let bytes = match serde_json::to_vec_pretty(&self.list) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode silences");
+                return;
+            }
+        };
+        match &self.writer {
+            Some(w) => w.write(self.path.clone(), bytes, None),
+            None => {
+                if let Err(e) = write_atomic(&self.path, &bytes) {
+                    tracing::error!(error = %e, "cannot persist silences");
+                }
+            }
         }
     }
 

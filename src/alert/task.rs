@@ -46,6 +46,8 @@ pub struct AlerterSpec {
     pub units: BTreeMap<String, UnitEntry>,
     /// Subscribed before the services start, so no early event is missed.
     pub events: broadcast::Receiver<std::sync::Arc<Event>>,
+    /// Writes `silences.json` off the async runtime, in order.
+    pub writer: crate::files::Writer,
 }
 
 struct Alerter {
@@ -82,7 +84,7 @@ pub fn spawn(
     stats.know(&channels.borrow().names());
     let units = watch::channel(spec.units).0;
     let mut receivers = (spec.events, commands);
-    let (host, state_dir) = (spec.host, spec.state_dir);
+    let (host, state_dir, writer) = (spec.host, spec.state_dir, spec.writer);
     let returned = stats.clone();
     let part_cancel = cancel.clone();
     tracker.spawn(async move {
@@ -96,7 +98,7 @@ pub fn spawn(
                 let a = Alerter {
                     host: host.clone(),
                     policy: Policy::new(repeat),
-                    silences: Silences::load(&state_dir),
+                    silences: Silences::load(&state_dir).with_writer(writer.clone()),
                     outbox: Outbox::new(&state_dir),
                     channels: channels.clone(),
                     units: units.clone(),
@@ -295,10 +297,23 @@ impl Alerter {
         tracing::info!(service = %alert.service, event = ?alert.event, channels = ?routes, alert = %alert.id, "alert: {}", alert.subject);
         for channel in routes {
             let p = Pending::new(alert.clone(), &channel);
-            if let Err(e) = self.outbox.put(&p) {
-                tracing::error!(channel = %channel, error = %e, "cannot write the alert to the outbox; sending it without a durable copy");
-            }
-            self.start_delivery(p);
+            let (outbox, copy) = (self.outbox.clone(), p.clone());
+            let deliver = outbox::deliver(
+                self.outbox.clone(),
+                self.channels.subscribe(),
+                p,
+                self.stats.clone(),
+                self.cancel.clone(),
+            );
+            // Into the outbox before the first attempt, with its fsync on a blocking thread
+            // rather than on the Alerter's loop.
+            self.deliveries.spawn(async move {
+                let put = tokio::task::spawn_blocking(move || outbox.put(&copy)).await;
+                if let Ok(Err(e)) = put {
+                    tracing::error!(channel = %channel, error = %e, "cannot write the alert to the outbox; sending it without a durable copy");
+                }
+                deliver.await
+            });
         }
     }
 
