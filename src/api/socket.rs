@@ -142,7 +142,9 @@ async fn admit(stream: UnixStream, api: &ApiConfig, ctx: &Context, limits: &Limi
             return;
         }
     };
-    connection(stream, &caller, &rights, &slot, ctx).await;
+    // Every line logged while serving it names the caller.
+    let span = tracing::info_span!("connection", uid = caller.uid, pid = ?caller.pid);
+    tracing::Instrument::instrument(connection(stream, &caller, &rights, &slot, ctx), span).await;
 }
 
 /// Send a last error line (bounded in time: the client may not read) before closing.
