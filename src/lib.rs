@@ -23,6 +23,9 @@
 //! - [`manager`]: the registry; routes requests; dependency order; reload diff.
 //! - [`api`]: wire protocol, authorization by peer credentials, socket server, client.
 //! - [`alert`]: the Alerter: dedup, recoveries, silences, durable outbox, email and webhooks.
+//! - [`proxy`]: a deployed service's public port: the switchable http/tcp reverse proxy, its
+//!   worker threads, the request rewrite, forwarding and retries, and orchd's own HTTP/1 client.
+//! - [`deploy`]: the release history of deploys and rollbacks.
 //! - [`guard`]: catching panics in orchd's tasks, restarting them, recording them for status.
 //! - [`event`]: facts on one broadcast bus, and the recent-events log.
 //! - [`files`]: bounded reads, private atomic writes, the state-writer thread.
@@ -50,6 +53,7 @@ pub mod manpage;
 pub mod memory;
 pub mod metrics;
 pub mod process;
+pub mod proxy;
 pub mod state;
 pub mod supervisor;
 

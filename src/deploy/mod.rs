@@ -1,5 +1,3 @@
-//! Zero-downtime deploys: the switchable proxy and the release history. The procedure itself
-//! runs in the supervisor task that owns both slots (`supervisor/deploy/`).
+//! Zero-downtime deploys: the release history. The procedure itself runs in the supervisor
+//! task that owns both slots (`supervisor/deploy/`); the switchable front is [`crate::proxy`].
 pub mod history;
-pub mod proxy;
-mod upstream;
