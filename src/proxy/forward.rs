@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -18,10 +18,7 @@ use super::body::Body;
 use super::http_conn::ClientConn;
 use super::respond::{Refusal, bad_gateway, closing, guarded, plain};
 use super::retry::{Template, with_retries};
-use super::rewrite::{
-    X_FORWARDED_FOR, X_FORWARDED_PROTO, is_upgrade, lean_head, missing_host, push_forwarded_for,
-    strip_hop_by_hop, unknown_coding,
-};
+use super::rewrite::{is_upgrade, lean_head, rewrite_fields, unknown_coding};
 use super::stats::{GuardOwner, OpenGuard};
 use super::upstream::{Upstream, UpstreamError};
 use super::workers::client;
@@ -113,37 +110,13 @@ fn prepare(mut req: Request<Incoming>, conn: &Arc<ClientConn>) -> Result<Outgoin
     let Some(uri) = upstream_uri(&parts.uri, backend) else {
         return Err(Refusal::BadTarget);
     };
-    if parts.headers.get(header::HOST).is_none() {
-        if let Ok(v) = HeaderValue::from_str(&missing_host(&parts.uri, backend)) {
-            parts.headers.insert(header::HOST, v);
-        }
-    }
-    let upgrade_headers = upgrade.then(|| {
-        (
-            parts.headers.get(header::CONNECTION).cloned(),
-            parts.headers.get(header::UPGRADE).cloned(),
-        )
-    });
-    strip_hop_by_hop(&mut parts.headers);
-    if let Some((conn, up)) = upgrade_headers {
-        if let (Some(c), Some(u)) = (conn, up) {
-            parts.headers.insert(header::CONNECTION, c);
-            parts.headers.insert(header::UPGRADE, u);
-        }
-    }
-    let xff = if parts.headers.contains_key(&X_FORWARDED_FOR) {
-        let mut joined = Vec::new();
-        push_forwarded_for(&mut joined, Some(&parts.headers), conn);
-        HeaderValue::from_bytes(&joined).ok()
-    } else {
-        conn.peer_value.clone()
-    };
-    if let Some(v) = xff {
-        parts.headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-    parts
-        .headers
-        .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    rewrite_fields(
+        &mut parts.headers,
+        &parts.uri,
+        upgrade,
+        backend,
+        &conn.client,
+    );
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
     let bodyless = hyper::body::Body::is_end_stream(&body);
@@ -177,7 +150,7 @@ async fn forward_lean(req: Request<Incoming>, conn: Arc<ClientConn>) -> Response
         return Refusal::NoRelease.response();
     };
     let guard = OpenGuard::new(GuardOwner::Conn(conn.clone()), backend.slot);
-    let head = lean_head(&req, &conn, backend);
+    let head = lean_head(&req, &conn.client, backend);
     let head_request = req.method() == http::Method::HEAD;
     let idempotent = is_idempotent(req.method());
     drop(req);
@@ -229,7 +202,7 @@ async fn forward_pooled(req: Request<Incoming>, conn: Arc<ClientConn>) -> Respon
     let first = match pending.await {
         Ok(resp) => Ok(resp),
         Err(e) if request_body_failed(&e) => {
-            tracing::info!(service = %conn.ctx.service, peer = %conn.peer, error = %e, "malformed request body from a client");
+            tracing::info!(service = %conn.ctx.service, peer = %conn.client.addr, error = %e, "malformed request body from a client");
             return closing(plain(
                 StatusCode::BAD_REQUEST,
                 "malformed or incomplete request body\n",

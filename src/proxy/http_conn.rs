@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::{HeaderValue, Response};
+use http::Response;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::body::Body;
 use super::forward::forward;
+use super::rewrite::ClientAddr;
 use super::upstream::{ResponseBody, Upstream};
 use super::{Backend, Ctx};
 
@@ -29,8 +30,7 @@ pub(super) async fn http_connection(
     let current = *route.borrow_and_update();
     let conn = Arc::new(ClientConn {
         ctx,
-        peer,
-        peer_value: HeaderValue::from_str(&peer.ip().to_string()).ok(),
+        client: ClientAddr::new(peer),
         route: std::sync::Mutex::new((route, current)),
         upstream: std::sync::Mutex::new(None),
         cancel: cancel.clone(),
@@ -134,9 +134,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// What a client connection keeps between its requests.
 pub(super) struct ClientConn {
     pub(super) ctx: Arc<Ctx>,
-    pub(super) peer: SocketAddr,
-    /// The client's address as an `X-Forwarded-For` value, made once.
-    pub(super) peer_value: Option<HeaderValue>,
+    /// The client's address (`X-Forwarded-For`).
+    pub(super) client: ClientAddr,
     /// Where its requests go: the connection's own receiver of the proxy's switch, and the
     /// backend it last saw (a version check per request instead of a lock every worker shares).
     route: std::sync::Mutex<(watch::Receiver<Option<Backend>>, Option<Backend>)>,
