@@ -91,8 +91,8 @@ fn request_body_failed(e: &hyper_util::client::legacy::Error) -> bool {
         .is_some_and(|h| h.is_user() && std::error::Error::source(h).is_some())
 }
 
-/// The request rewritten for the active backend and hyper's client (absolute URI, `Host` kept
-/// or filled in, hop-by-hop headers dropped, `X-Forwarded-*` added), or orchd's own answer.
+/// The request rewritten for the active backend and hyper's client (absolute URI, its fields
+/// as the one request rewrite makes them: [`rewrite_fields`]), or orchd's own answer.
 ///
 /// Synchronous on purpose: the future hyper keeps (and moves) per request then holds only
 /// what crosses an `.await`, not every intermediate of the rewrite.

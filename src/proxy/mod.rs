@@ -95,7 +95,8 @@ impl Proxy {
         Proxy::bind_with_idle(listen, mode, service, http_conn::CLIENT_IDLE, parts).await
     }
 
-    /// [`Proxy::bind`], closing client connections idle for `client_idle` (see [`until_idle`]).
+    /// [`Proxy::bind`], closing client connections idle for `client_idle` (see
+    /// `http_conn::until_idle`).
     pub async fn bind_with_idle(
         listen: SocketAddr,
         mode: ProxyMode,
