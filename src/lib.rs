@@ -32,12 +32,13 @@
 //! - [`state`]: persisted per-service state (`state.json`).
 //! - [`health`]: probes (http, tcp, exec) on orchd's schedule and the pure health tracker.
 //! - [`event`]: facts on one broadcast bus, and the recent-events log.
-//! - [`deploy`]: the proxy that holds a deployed service's port, and release history.
+//! - [`proxy`]: the reverse proxy that holds a deployed service's public port (http per
+//!   request, tcp per connection), split by the phases of a request; its own HTTP/1 client.
 //! - [`supervisor`]: one task per service; [`supervisor::state`] is the pure state machine,
 //!   [`supervisor::deploy`] the pure deploy machine and its driver.
 //! - [`alert`]: the Alerter: dedup, recoveries, silences, durable outbox, email and webhooks.
 //! - [`manager`]: the registry; routes requests; dependency order; reload diff; records
-//!   finished deploys.
+//!   finished deploys and keeps the release history.
 //! - [`api`]: the typed wire protocol ([`api::proto`]), authorization by peer credentials,
 //!   socket server, D-Bus adapter, client; domain errors become wire errors here only.
 //! - [`metrics`]: the Prometheus endpoint (`[metrics] listen`).
@@ -50,7 +51,6 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod deadline;
-pub mod deploy;
 pub mod event;
 pub mod files;
 pub mod guard;
@@ -60,6 +60,7 @@ pub mod manpage;
 pub mod memory;
 pub mod metrics;
 pub mod process;
+pub mod proxy;
 pub mod state;
 pub mod supervisor;
 

@@ -5,7 +5,7 @@
 use super::ManagerError;
 use super::{Entry, Manager};
 use crate::config::UnitEntry;
-use crate::deploy::history::HistoryEntry;
+use crate::manager::history::HistoryEntry;
 use crate::supervisor::{RecordRequest, SupervisorHandle};
 
 /// History kept when a unit has no `[deploy] keep_releases`.

@@ -6,6 +6,7 @@
 
 mod deploys;
 mod error;
+pub mod history;
 mod order;
 mod reload;
 
@@ -25,7 +26,7 @@ pub use reload::ReloadReport;
 
 use crate::alert::AlertHandle;
 use crate::config::{Config, Unit, UnitEntry};
-use crate::deploy::history::HistoryEntry;
+use crate::manager::history::HistoryEntry;
 
 /// A service's deploy history (newest last) and the release a rollback would go back to.
 pub type HistoryAnswer = (Vec<HistoryEntry>, Option<String>);
@@ -186,7 +187,7 @@ pub struct Manager {
     services: BTreeMap<String, Entry>,
     shared: Shared,
     persisted: PersistedState,
-    history: crate::deploy::history::History,
+    history: crate::manager::history::History,
     /// Writes state and history files off the async runtime, in order.
     writer: crate::state::Writer,
     cancel: CancellationToken,
@@ -208,7 +209,7 @@ impl Manager {
         alerts: Option<AlertHandle>,
     ) -> (ManagerHandle, tokio::task::JoinHandle<()>) {
         let persisted = PersistedState::load(&config.daemon.state_dir);
-        let history = crate::deploy::history::History::load(&config.daemon.state_dir);
+        let history = crate::manager::history::History::load(&config.daemon.state_dir);
         let mut m = Manager {
             history,
             writer,

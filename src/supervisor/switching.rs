@@ -12,8 +12,8 @@ use super::deploy::DeployDone;
 use super::spec::{self, InstanceParams};
 use super::task::{Shared, Supervisor};
 use crate::config::{Unit, substitute};
-use crate::deploy::proxy::Backend;
 use crate::process::SpawnSpec;
+use crate::proxy::Backend;
 
 /// How long a `switch_command` may run.
 const SWITCH_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);

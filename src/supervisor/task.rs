@@ -24,11 +24,11 @@ use super::spec::ServiceEnv;
 use super::state::{Action, Ctx, Deps, Input, Machine, State, describe_exit};
 use super::{Command, DepWatch, Health, Op, ServiceStatus, SupervisorHandle};
 use crate::config::{SwitchMode, Unit};
-use crate::deploy::proxy::{Backend, Proxy};
 use crate::event::{Event, EventBus, EventKind};
 use crate::health::{ProbeClients, ProbeResult, Tracker};
 use crate::process::cgroup::CgroupRoot;
 use crate::process::{ExitInfo, Spawner, kill_group, signal_group};
+use crate::proxy::{Backend, Proxy};
 
 /// What every supervisor shares: the spawner, containment, the bus.
 #[derive(Clone)]

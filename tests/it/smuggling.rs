@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use orch::config::ProxyMode;
-use orch::deploy::proxy::{Backend, Proxy};
+use orch::proxy::{Backend, Proxy};
 
 /// How long any one wait may take.
 const T: Duration = Duration::from_secs(5);

@@ -12,10 +12,10 @@ use serde_json::Value;
 
 use super::deploy::{DeployReply, DeployStep};
 pub use crate::alert::{ChannelReport, Silence};
-pub use crate::deploy::history::HistoryEntry;
 pub use crate::event::Event;
 pub use crate::guard::PartTrouble;
 pub use crate::manager::ReloadReport;
+pub use crate::manager::history::HistoryEntry;
 pub use crate::supervisor::ServiceStatus;
 pub use crate::supervisor::logs::LogLine;
 

@@ -1,5 +1,5 @@
 //! Release history per service in `state_dir/history/<service>.json`: what was deployed, when,
-//! by whom, with what result. Bounded by the unit's `keep_releases`. Owned by the manager.
+//! by whom, with what result. Bounded by the unit's `keep_releases`. Owned by the manager (written through the state writer).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
