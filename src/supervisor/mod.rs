@@ -147,6 +147,8 @@ pub enum Command {
     },
     /// A reload changed the unit.
     Reconfigure(Box<Reconfigure>),
+    /// A deploy's switch command or record has completed (sent by the supervisor's own tasks).
+    DeployDone(deploy::DeployDone),
 }
 
 /// A changed unit for a running supervisor (boxed in [`Command`], whose every queued slot is

@@ -139,10 +139,38 @@ pub struct Machine {
     attempt: u32,
     limit: StartLimit,
     running_since: Option<Instant>,
-    reason: Option<String>,
+    reason: Option<Reason>,
     killed: bool,
     /// Stopping, and the main process has exited: waiting for [`Input::Cleared`].
     clearing: bool,
+}
+
+/// Why the service is in its state: the words shown, and what kind of cause they name (rules
+/// look at the kind, never at the words).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Reason {
+    kind: Cause,
+    text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// Waiting for a dependency on its way up.
+    Waiting,
+    /// A required dependency is failed, invalid or stopped.
+    Dependency,
+    /// Anything else: an exit, a start that could not run, the start limit.
+    Other,
+}
+
+impl Reason {
+    fn new(kind: Cause, text: String) -> Reason {
+        Reason { kind, text }
+    }
+
+    fn other(text: String) -> Reason {
+        Reason::new(Cause::Other, text)
+    }
 }
 
 impl Machine {
@@ -179,7 +207,7 @@ impl Machine {
     }
     /// Why the service is in its state (waiting for a dependency, gave up, …), if there is a reason.
     pub fn reason(&self) -> Option<&str> {
-        self.reason.as_deref()
+        self.reason.as_ref().map(|r| r.text.as_str())
     }
     /// Use new restart/stop settings from a reload (no state change).
     pub fn reconfigure(&mut self, restart: RestartConfig, stop: StopConfig) {
@@ -295,8 +323,8 @@ impl Machine {
 
     fn reason_is_deps(&self) -> bool {
         self.reason
-            .as_deref()
-            .is_some_and(|r| r.starts_with("dependency "))
+            .as_ref()
+            .is_some_and(|r| r.kind == Cause::Dependency)
     }
 
     fn enter_starting(&mut self, ctx: Ctx) -> Vec<Action> {
@@ -314,14 +342,14 @@ impl Machine {
             }
             Deps::Waiting(why) => {
                 self.set_state(State::Starting);
-                self.reason = Some(format!("waiting for {why}"));
+                self.reason = Some(Reason::new(Cause::Waiting, format!("waiting for {why}")));
                 vec![]
             }
             Deps::Blocked(why) => {
                 let reason = format!("dependency {why}");
-                let newly = self.state != State::Failed || self.reason.as_deref() != Some(&reason);
+                let newly = self.state != State::Failed || self.reason() != Some(reason.as_str());
                 self.set_state(State::Failed);
-                self.reason = Some(reason.clone());
+                self.reason = Some(Reason::new(Cause::Dependency, reason.clone()));
                 if newly {
                     vec![Action::Emit(EventKind::Failed { reason })]
                 } else {
@@ -352,7 +380,7 @@ impl Machine {
         if self.restart.policy == RestartPolicy::No || !self.want_up {
             let reason = format!("could not start: {error}");
             self.set_state(State::Failed);
-            self.reason = Some(reason.clone());
+            self.reason = Some(Reason::other(reason.clone()));
             if self.want_up {
                 // Given up on, as after an exit with policy "no": the on-call hears of it.
                 actions.push(Action::Emit(EventKind::Failed { reason }));
@@ -442,7 +470,7 @@ impl Machine {
                 self.reason = None;
             } else {
                 self.set_state(State::Failed);
-                self.reason = Some(format!("{what}; restart policy is \"no\""));
+                self.reason = Some(Reason::other(format!("{what}; restart policy is \"no\"")));
                 actions.push(Action::Emit(EventKind::Failed { reason: what }));
             }
             return actions;
@@ -461,7 +489,7 @@ impl Machine {
                 humantime::format_duration(self.restart.interval)
             );
             self.set_state(State::Failed);
-            self.reason = Some(reason.clone());
+            self.reason = Some(Reason::other(reason.clone()));
             return vec![Action::Emit(EventKind::Failed { reason })];
         }
         let delay = backoff_delay(&self.restart, self.attempt, ctx.rand);
@@ -476,7 +504,7 @@ impl Machine {
             return actions;
         }
         self.set_state(State::Backoff);
-        self.reason = Some(what);
+        self.reason = Some(Reason::other(what));
         self.deadline = Some(ctx.now.later(delay));
         actions
     }

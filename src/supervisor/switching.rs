@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::Command;
 use super::deploy::DeployDone;
 use super::spec::{self, InstanceParams};
 use super::task::{Shared, Supervisor};
@@ -40,7 +41,7 @@ impl Supervisor {
             release: self.slots[slot].release.clone(),
             port: self.slots[slot].port(&self.unit),
         };
-        let back = for_deploy.then(|| self.deploy_tx.clone());
+        let back = for_deploy.then(|| self.commands.clone());
         let previous = self.switch_job.take();
         self.switch_job = Some(tokio::spawn(async move {
             if let Some(p) = previous {
@@ -49,7 +50,9 @@ impl Supervisor {
             let result = job.run().await;
             match back {
                 Some(back) => {
-                    let _ = back.send(DeployDone::Switched(result));
+                    if let Some(back) = back.upgrade() {
+                        let _ = back.send(Command::DeployDone(DeployDone::Switched(result)));
+                    }
                 }
                 None => {
                     if let Err(e) = result {

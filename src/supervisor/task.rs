@@ -15,7 +15,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use super::deploy::DeployDone;
 use super::deploy::DeployRun;
 use super::deps;
 use super::instance::Sweep;
@@ -161,8 +160,10 @@ pub(super) struct Supervisor {
     pub(super) deploy: Option<DeployRun>,
     /// `switch = "command"`: the switch command still has to run for the first ready release.
     pub(super) switch_pending: bool,
-    /// Completions of a deploy's switch command and record, back to the loop.
-    pub(super) deploy_tx: mpsc::UnboundedSender<DeployDone>,
+    /// Completions of a deploy's switch command and record come back as commands, through a
+    /// weak sender: it neither keeps the channel open once the manager lets go of the service
+    /// nor costs a channel of its own per service.
+    pub(super) commands: mpsc::WeakUnboundedSender<Command>,
     /// The switch command running (or last run): the next one waits for it, so that the
     /// front ends up where the last switch pointed it.
     pub(super) switch_job: Option<tokio::task::JoinHandle<()>>,
@@ -185,6 +186,7 @@ pub fn spawn_supervisor(
         start,
     } = spec;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let own_commands = cmd_tx.downgrade();
     let (exits_tx, exits_rx) = mpsc::unbounded_channel();
     let (cleared_tx, cleared_rx) = mpsc::unbounded_channel();
     let logs = LogHub::spawn(&unit.name, shared.journal.clone(), shared.parts.clone());
@@ -195,7 +197,6 @@ pub fn spawn_supervisor(
         logs: logs.clone(),
     };
     let (probe_tx, probe_rx) = mpsc::channel(16);
-    let (deploy_tx, deploy_rx) = mpsc::unbounded_channel();
     let slots = [
         Slot::new(0, &unit, release.clone()),
         Slot::new(1, &unit, release),
@@ -225,7 +226,7 @@ pub fn spawn_supervisor(
         proxy_error: None,
         deploy: None,
         switch_pending: switch_command,
-        deploy_tx,
+        commands: own_commands,
         switch_job: None,
         sweeps: Vec::new(),
     };
@@ -243,7 +244,6 @@ pub fn spawn_supervisor(
         exits: exits_rx,
         cleared: cleared_rx,
         probes: probe_rx,
-        deploys: deploy_rx,
     };
     // Every line the task logs (the machine's `from -> to` among them) names the service.
     let span = tracing::info_span!("supervisor", service = %guard.name);
@@ -346,7 +346,6 @@ struct Inputs {
     cleared: mpsc::UnboundedReceiver<usize>,
     /// Results are boxed: every slot of the queue is as large as its item.
     probes: mpsc::Receiver<(u64, Box<ProbeResult>)>,
-    deploys: mpsc::UnboundedReceiver<DeployDone>,
 }
 
 impl Supervisor {
@@ -356,7 +355,6 @@ impl Supervisor {
             mut exits,
             mut cleared,
             mut probes,
-            mut deploys,
         } = inputs;
         self.bind_proxy().await;
         let (dep_tx, mut dep_rx) = mpsc::channel::<()>(1);
@@ -398,7 +396,6 @@ impl Supervisor {
                     self.feed(self.active, Input::DepsChanged(deps)).await;
                 }
                 Some((tag, result)) = probes.recv() => self.on_probe(tag, *result).await,
-                Some(done) = deploys.recv() => self.on_deploy_done(done).await,
                 _ = cancel.cancelled() => break,
             }
         }
@@ -559,6 +556,7 @@ impl Supervisor {
                 let _ = reply.send(accepted);
             }
             Command::Rollback { reply } => self.rollback_deploy(reply).await,
+            Command::DeployDone(done) => self.on_deploy_done(done).await,
             Command::Reconfigure(_) => {}
         }
     }

@@ -15,7 +15,7 @@ use crate::config::{RestartConfig, RestartPolicy, SwitchMode};
 use crate::event::EventKind;
 use crate::supervisor::state::{Input as SlotInput, Machine, State};
 use crate::supervisor::task::Supervisor;
-use crate::supervisor::{DeployMsg, DeployRequest, RecordRequest};
+use crate::supervisor::{Command, DeployMsg, DeployRequest, RecordRequest};
 
 /// Default for services without `[deploy]` (restart strategy).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -305,16 +305,21 @@ impl Supervisor {
             finished: SystemTime::now(),
             reply,
         };
-        let back = self.deploy_tx.clone();
+        let back = self.commands.clone();
+        let done = |result| Command::DeployDone(DeployDone::Recorded(result));
         if self.shared.recorder.send(request).is_err() {
-            let _ = back.send(DeployDone::Recorded(Err("orchd is stopping".into())));
+            if let Some(back) = back.upgrade() {
+                let _ = back.send(done(Err("orchd is stopping".into())));
+            }
             return;
         }
         tokio::spawn(async move {
             let result = answer
                 .await
                 .unwrap_or_else(|_| Err("orchd's manager did not answer".into()));
-            let _ = back.send(DeployDone::Recorded(result));
+            if let Some(back) = back.upgrade() {
+                let _ = back.send(done(result));
+            }
         });
     }
 

@@ -496,3 +496,36 @@ fn failed_for_a_dependency_does_not_flap_while_it_is_still_unready() {
         vec![Action::Spawn]
     );
 }
+
+/// Only a failure *for a dependency* is undone when the dependencies become ready: the rule
+/// looks at the kind of cause, not at the words of the reason.
+#[test]
+fn only_a_dependency_failure_is_undone_by_its_dependencies() {
+    let c = Clock(Instant::now());
+    let mut m = machine(RestartPolicy::No, 0);
+    m.step(Input::Start, c.at(0));
+    m.step(Input::Spawned { pid: 10 }, c.at(1));
+    m.step(
+        Input::Exited {
+            code: Some(3),
+            signal: None,
+        },
+        c.at(2),
+    );
+    assert_eq!(m.state(), State::Failed);
+    assert_eq!(m.step(Input::DepsChanged(Deps::Ready), c.at(3)), vec![]);
+    assert_eq!(m.state(), State::Failed);
+    // Blocked by a dependency, then it is ready: started again.
+    let mut m = machine(RestartPolicy::OnFailure, 0);
+    m.step(
+        Input::DepsChanged(Deps::Blocked("db is failed".into())),
+        c.at(0),
+    );
+    m.step(Input::Start, c.at(0));
+    assert_eq!(m.state(), State::Failed);
+    assert_eq!(m.reason(), Some("dependency db is failed"));
+    assert_eq!(
+        m.step(Input::DepsChanged(Deps::Ready), c.at(1)),
+        vec![Action::Spawn]
+    );
+}
