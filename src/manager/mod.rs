@@ -427,6 +427,10 @@ impl Manager {
                 }
                 Msg::Shutdown { reply } => {
                     self.shutdown().await;
+                    // Deploys ended by the shutdown asked to be recorded meanwhile.
+                    while let Ok(record) = records.try_recv() {
+                        self.record(record);
+                    }
                     let _ = reply.send(());
                     return;
                 }

@@ -14,6 +14,9 @@ use crate::event::EventKind;
 use crate::process::cgroup;
 use crate::process::{group_alive, kill_group, signal_group};
 
+/// The last spawn sequence number handed out (instance markers and cgroup names).
+static SPAWN_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl Supervisor {
     pub(super) async fn spawn(&mut self, slot: usize) -> Input {
         let port = self.slots[slot].port(&self.unit);
@@ -21,7 +24,9 @@ impl Supervisor {
             self.start_probing(slot, None);
             return Input::Spawned { pid: 0 };
         }
-        self.spawn_seq += 1;
+        // Unique in this orchd, not only in this supervisor: a supervisor started again
+        // after a crash must not reuse the names its predecessor's sweep still kills.
+        self.spawn_seq = SPAWN_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let name = self.unit.name.clone();
         let marker = format!(
             "{}/{}/{}/{}",

@@ -47,7 +47,11 @@ impl Supervisor {
             if let Some(p) = previous {
                 let _ = p.await;
             }
-            let result = job.run().await;
+            // A panic in the job must still answer the deploy, which waits for it.
+            let result = match crate::guard::catch(job.run()).await {
+                Ok(result) => result,
+                Err(panic) => Err(format!("the switch command's task crashed: {panic}")),
+            };
             match back {
                 Some(back) => {
                     if let Some(back) = back.upgrade() {

@@ -543,6 +543,12 @@ impl Supervisor {
                     panic!("test panic requested by ORCHD_TEST_PANIC");
                 }
                 self.feed(self.active, input).await;
+                // A stop that aborted a deploy stops the other slot too: a switch back still
+                // running (switch_command) makes the old release active only afterwards.
+                let other = 1 - self.active;
+                if op == Op::Stop && self.slots[other].machine.want_up() {
+                    self.feed(other, Input::Stop).await;
+                }
                 if let Some(ack) = ack {
                     let _ = ack.send(());
                 }

@@ -186,6 +186,8 @@ pub struct Deploy {
     view: View,
     /// An operator asked to roll back while the forward switch ran.
     rollback_after_switch: bool,
+    /// The idle slot was told to stop before the deploy could begin.
+    stop_asked: bool,
 }
 
 fn down(state: State) -> bool {
@@ -206,6 +208,7 @@ impl Deploy {
             settled_at: None,
             view,
             rollback_after_switch: false,
+            stop_asked: false,
         };
         let mut out = vec![
             d.progress(
@@ -365,6 +368,11 @@ impl Deploy {
     /// The idle slot is down: give it the new release and go.
     fn begin(&mut self, now: Instant) -> Option<Vec<Action>> {
         if !self.view.cand.is_down() {
+            // Still running there (a failed switch back left it so): stop it, once.
+            if self.view.cand.state != State::Stopping && !self.stop_asked {
+                self.stop_asked = true;
+                return Some(vec![Action::Stop(self.plan.cand)]);
+            }
             return None;
         }
         Some(match self.plan.strategy {
@@ -532,7 +540,17 @@ impl Deploy {
                 // The front may still point at the new release: keep it active, and say so.
                 let why =
                     format!("{why}; switching back failed: {e}; the new release still serves");
-                self.record(Outcome::Failed, Some(why), now)
+                let mut out = self.record(Outcome::Failed, Some(why), now);
+                let release = self.plan.release.clone();
+                for a in &mut out {
+                    if let Action::Record { report, .. } = a {
+                        report.active = release.clone();
+                    }
+                }
+                if let Phase::Recording { report } = &mut self.phase {
+                    report.active = release;
+                }
+                out
             }
             // A switch no phase waits for (the deploy was aborted meanwhile): nothing to do.
             _ => Vec::new(),

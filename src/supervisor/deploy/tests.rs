@@ -643,3 +643,17 @@ fn reports_carry_the_releases_and_the_outcome() {
     assert_eq!(report.duration_ms, WATCH.as_millis() as u64);
     assert_eq!((report.reason.as_deref(), report.rollback), (None, false));
 }
+
+/// An idle slot left running (a switch back that failed keeps both releases up) is stopped
+/// before the next deploy begins, once; the deploy does not wait for it forever.
+#[test]
+fn an_idle_slot_left_running_is_stopped_first() {
+    let mut r = Run::start(
+        plan(Strategy::PortSwap, true),
+        view(healthy(), old_running()),
+        &accepted_and(&["stop 1"]),
+    );
+    r.slots(view(healthy(), old_running()), &[]);
+    r.slots(view(stopping(), old_running()), &[]);
+    r.slots(view(down(), old_running()), &["prepare", "start 1"]);
+}
