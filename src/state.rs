@@ -77,7 +77,9 @@ impl PersistedState {
         }
     }
 
-    /// Write `dir/state.json` atomically.
+    /// Write `dir/state.json` atomically, here and now (orchd itself writes through
+    /// [`Self::save_with`]).
+    #[cfg(test)]
     pub fn save(&self, dir: &Path) -> Result<(), StateError> {
         let bytes = serde_json::to_vec_pretty(self)?;
         write_atomic(&dir.join(STATE_FILE), &bytes)

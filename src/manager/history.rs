@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{StateError, write_atomic};
+use crate::state::StateError;
 
 /// One deploy (or rollback) of a service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,7 +77,9 @@ impl History {
             .unwrap_or_default()
     }
 
-    /// Record a finished deploy, keeping the last `keep` entries, and write the file.
+    /// Record a finished deploy, keeping the last `keep` entries, and write the file here
+    /// and now (orchd itself writes what [`Self::record`] returns through the state writer).
+    #[cfg(test)]
     pub fn append(
         &mut self,
         service: &str,
@@ -85,7 +87,7 @@ impl History {
         keep: usize,
     ) -> Result<(), StateError> {
         let (path, bytes) = self.record(service, entry, keep)?;
-        write_atomic(&path, &bytes)
+        crate::state::write_atomic(&path, &bytes)
     }
 
     /// Record a finished deploy in memory, keeping the last `keep` entries; returns the file

@@ -247,22 +247,6 @@ impl Deploy {
         self.phase == Phase::Done
     }
 
-    /// The slot whose release is being judged (not serving yet): its failures are the
-    /// deploy's, not the service's.
-    pub fn judging(&self) -> Option<usize> {
-        match self.phase {
-            Phase::ClearingSlot | Phase::StoppingOld | Phase::Starting { .. } => {
-                Some(self.plan.cand)
-            }
-            _ => None,
-        }
-    }
-
-    /// The old release still gets connections (the proxy keeps counting them per slot).
-    pub fn guarding(&self) -> bool {
-        !matches!(self.phase, Phase::Recording { .. } | Phase::Done)
-    }
-
     /// "v42 (watching, api-17…)" for status.
     pub fn describe(&self) -> String {
         let phase = match self.phase {
