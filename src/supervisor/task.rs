@@ -296,31 +296,40 @@ impl CrashReport {
     }
 }
 
+impl Supervisor {
+    /// SIGKILL every process the slots still hold (running, exiting, being cleared), stop
+    /// their probers, and return the sweeps that finish the job (cgroups, markers): what the
+    /// end of `run` awaits, and what `Drop` runs on a thread after a panic.
+    fn kill_leftovers(&mut self) -> Vec<Sweep> {
+        let mut sweeps = std::mem::take(&mut self.sweeps);
+        for i in 0..2 {
+            if let Some(c) = self.slots[i].clearing.take() {
+                c.job.abort();
+                kill_group(c.pid);
+                sweeps.push(c.sweep);
+            }
+            self.stop_probing(i);
+            if let Some(inst) = self.slots[i].instance.take() {
+                // Not reaped yet: its group id cannot be anyone else's.
+                signal_group(inst.pid, Signal::SIGKILL);
+                sweeps.push(Sweep::of(&inst));
+            }
+            if let Some(inst) = self.slots[i].dying.take() {
+                // Reaped: its group is signalled only while it still has members.
+                kill_group(inst.pid);
+                sweeps.push(Sweep::of(&inst));
+            }
+        }
+        sweeps
+    }
+}
+
 impl Drop for Supervisor {
     /// The normal ends of `run` take every process first; one still recorded here means the
     /// task is unwinding from a panic. Kill them all (group, cgroup, marker) rather than leave
     /// them running unsupervised.
     fn drop(&mut self) {
-        let mut sweeps = std::mem::take(&mut self.sweeps);
-        for slot in &mut self.slots {
-            if let Some(c) = slot.clearing.take() {
-                c.job.abort();
-                kill_group(c.pid);
-                sweeps.push(c.sweep);
-            }
-            if let Some(token) = slot.prober.take() {
-                token.cancel();
-            }
-            if let Some(inst) = slot.instance.take() {
-                // Not reaped yet: its group id cannot be anyone else's.
-                signal_group(inst.pid, Signal::SIGKILL);
-                sweeps.push(Sweep::of(&inst));
-            }
-            if let Some(inst) = slot.dying.take() {
-                kill_group(inst.pid);
-                sweeps.push(Sweep::of(&inst));
-            }
-        }
+        let sweeps = self.kill_leftovers();
         if sweeps.is_empty() {
             return;
         }
@@ -402,20 +411,7 @@ impl Supervisor {
         // orchd is going away without a graceful stop of this service: leave nothing behind,
         // before this task ends. The sweeps block (cgroup removal, the /proc scan, waiting for
         // deaths): off the runtime's threads, which other services' last sweeps need too.
-        let mut sweeps = std::mem::take(&mut self.sweeps);
-        for i in 0..2 {
-            if let Some(c) = self.slots[i].clearing.take() {
-                c.job.abort();
-                kill_group(c.pid);
-                sweeps.push(c.sweep);
-            }
-            self.stop_probing(i);
-            if let Some(inst) = self.slots[i].instance.take() {
-                // Not reaped yet: its group id cannot be anyone else's.
-                signal_group(inst.pid, Signal::SIGKILL);
-                sweeps.push(Sweep::of(&inst));
-            }
-        }
+        let sweeps = self.kill_leftovers();
         if !sweeps.is_empty() {
             let service = self.unit.name.clone();
             let _ = tokio::task::spawn_blocking(move || {
